@@ -1,0 +1,1 @@
+"""Prefect flows: they compose the steps in tasks/ and decide what happens on failure."""

@@ -1,0 +1,50 @@
+"""One validated model for a pipeline run's configuration, with documented defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class RunConfig(BaseModel):
+    """Everything a run of the `migrate-database` flow can be told."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database: Path = Field(description="The SQLite file to migrate.")
+    migrations_dir: Path = Field(DEFAULT_MIGRATIONS_DIR, description="Where NNN_slug.sql live.")
+    backup_dir: Path | None = Field(None, description="Backups go here; default: beside the database.")
+    report_dir: Path = Field(Path("reports"), description="Execution reports (markdown and JSON).")
+    integrity: Literal["quick", "full"] = Field(
+        "quick", description="Pre-flight check: quick_check (default) or the full integrity_check."
+    )
+    disk_factor: float = Field(
+        2.0, gt=0, description="Free space required, as a multiple of the database size."
+    )
+    busy_timeout_ms: int = Field(5000, ge=0, description="How long to wait for a lock.")
+    retries: int = Field(3, ge=0, description="Retries of a safe step on a locked database.")
+    retry_delay_s: float = Field(2.0, ge=0, description="First retry delay; doubles each time.")
+    plan_check: Literal["fail", "warn"] = Field(
+        "fail", description="When a declared query does not use its expected index."
+    )
+    bench_min_runs: int = Field(7, ge=1, description="Fewest timed runs of each declared query.")
+    bench_max_runs: int = Field(200, ge=1, description="Most timed runs of each declared query.")
+    bench_budget_s: float = Field(
+        1.0, ge=0, description="Time spent timing each query, per phase, once min runs are done."
+    )
+    fail_at: str | None = Field(
+        None, description="Testing only: make the named step fail, to exercise the rollback."
+    )
+
+    @field_validator("database", "migrations_dir", "report_dir", "backup_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(value).expanduser()
+
+    @property
+    def backup_directory(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.database.parent

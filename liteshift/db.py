@@ -1,0 +1,172 @@
+"""Connections and small read-only queries over a SQLite database file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from liteshift.errors import BadInput, DatabaseLocked
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+TRACKING_TABLE = "liteshift_migrations"
+INTERNAL_PREFIXES = ("sqlite_", "liteshift_")
+
+
+def quote_ident(name: str) -> str:
+    """Quote an SQL identifier (table, index, column) for SQLite."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def is_locked_error(exc: BaseException) -> bool:
+    """True for the transient 'database is locked / busy' family of errors."""
+    if isinstance(exc, DatabaseLocked):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return "locked" in text or "busy" in text
+    return False
+
+
+def check_is_sqlite_file(path: Path) -> None:
+    """Refuse a missing, empty or non-SQLite file before SQLite ever opens it."""
+    if not path.exists():
+        raise BadInput(
+            f"Database {path} does not exist",
+            "there is no file at that path",
+            "check the --database path (liteshift never creates the database it migrates)",
+        )
+    if not path.is_file():
+        raise BadInput(
+            f"Database {path} is not a file",
+            "it is a directory or a device",
+            "point --database at the .db file itself",
+        )
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except PermissionError as exc:
+        raise BadInput(
+            f"Database {path} cannot be read",
+            str(exc),
+            "run liteshift as a user that can read and write the file",
+        ) from exc
+    if header != SQLITE_HEADER:
+        raise BadInput(
+            f"{path} is not a SQLite database",
+            "its first bytes are not the SQLite file header",
+            "check the --database path; liteshift only migrates SQLite 3 files",
+        )
+
+
+def connect(path: Path | str, busy_timeout_ms: int = 5000, readonly: bool = False) -> sqlite3.Connection:
+    """Open a connection in autocommit mode: the caller issues BEGIN/COMMIT itself."""
+    if readonly:
+        uri = f"file:{Path(path).resolve()}?mode=ro"
+        con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    else:
+        con = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
+    con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    return con
+
+
+@contextmanager
+def connection(
+    path: Path | str, busy_timeout_ms: int = 5000, readonly: bool = False
+) -> Iterator[sqlite3.Connection]:
+    """A connection that is always closed, and never left inside a transaction."""
+    con = connect(path, busy_timeout_ms, readonly)
+    try:
+        yield con
+    finally:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        con.close()
+
+
+def begin_immediate(con: sqlite3.Connection, path: Path | str, timeout_ms: int) -> None:
+    """Take the write lock, or raise DatabaseLocked naming the timeout."""
+    try:
+        con.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if is_locked_error(exc):
+            raise DatabaseLocked(
+                f"Database {path} is locked",
+                f"another connection held the write lock for more than {timeout_ms} ms",
+                "find the writer (a long transaction or a stuck process) or raise --busy-timeout, "
+                "then run again; nothing was written",
+            ) from exc
+        raise
+
+
+def user_tables(con: sqlite3.Connection) -> list[str]:
+    """Names of the user's tables (not SQLite's nor liteshift's own)."""
+    rows = con.execute("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").fetchall()
+    return [r[0] for r in rows if not r[0].startswith(INTERNAL_PREFIXES)]
+
+
+def table_columns(con: sqlite3.Connection, table: str) -> list[str]:
+    """Column names of one table, in order."""
+    return [r[1] for r in con.execute(f"PRAGMA table_xinfo({quote_ident(table)})")]
+
+
+def row_counts(con: sqlite3.Connection, tables: list[str] | None = None) -> dict[str, int]:
+    """Rows per user table, read in whatever transaction the connection is in."""
+    names = user_tables(con) if tables is None else tables
+    return {t: con.execute(f"SELECT count(*) FROM {quote_ident(t)}").fetchone()[0] for t in names}
+
+
+def fingerprint(con: sqlite3.Connection) -> dict[str, list[int]]:
+    """Per user table: [row count, max rowid] (-1 for WITHOUT ROWID); shows inserts and deletes."""
+    result = {}
+    for table in user_tables(con):
+        count = con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0]
+        try:
+            top = con.execute(f"SELECT max(rowid) FROM {quote_ident(table)}").fetchone()[0] or 0
+        except sqlite3.OperationalError:
+            top = -1
+        result[table] = [int(count), int(top)]
+    return result
+
+
+def pragma_check(con: sqlite3.Connection, pragma: str, table: str | None = None) -> list[str]:
+    """Run quick_check / integrity_check; return the problems (empty when 'ok')."""
+    arg = f"({quote_ident(table)})" if table else ""
+    rows = [r[0] for r in con.execute(f"PRAGMA {pragma}{arg}")]
+    return [] if rows == ["ok"] else rows
+
+
+def foreign_key_problems(con: sqlite3.Connection) -> list[tuple[str, int, str, int]]:
+    """Rows of PRAGMA foreign_key_check: (table, rowid, parent, fk id)."""
+    return [tuple(r) for r in con.execute("PRAGMA foreign_key_check")]
+
+
+def journal_mode(con: sqlite3.Connection) -> str:
+    """The database's journal mode (wal, delete, truncate, ...)."""
+    return str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+
+
+def file_bytes(path: Path) -> int:
+    """Bytes of the database including a -wal file beside it."""
+    total = path.stat().st_size
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists():
+        total += wal.stat().st_size
+    return total
+
+
+def page_bytes(con: sqlite3.Connection) -> int:
+    """Logical size of the database: page_count x page_size (includes committed WAL pages)."""
+    count = con.execute("PRAGMA page_count").fetchone()[0]
+    size = con.execute("PRAGMA page_size").fetchone()[0]
+    return int(count) * int(size)
+
+
+def schema_sql(con: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
+    """(type, name, tbl_name, sql) of every user schema object, stable order."""
+    rows = con.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema "
+        "WHERE name NOT LIKE 'sqlite_%' AND name NOT LIKE 'liteshift_%' ORDER BY type, name"
+    ).fetchall()
+    return [tuple(r) for r in rows]

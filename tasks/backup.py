@@ -1,0 +1,159 @@
+"""Step 2, backup: SQLite's online backup API in one step, fsynced, 0600, then verified."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from liteshift import faults
+from liteshift.config import RunConfig
+from liteshift.db import connection, fingerprint, page_bytes, pragma_check
+from liteshift.errors import BadInput, CheckFailed
+from tasks.common import step_task
+
+PARTIAL_SUFFIX = ".partial"
+Progress = Callable[[float], None]
+
+
+@dataclass
+class Backup:
+    """A verified backup: where it is, how big, how fast, and what it holds."""
+
+    path: str
+    bytes: int
+    seconds: float
+    mb_per_s: float
+    fingerprint: dict[str, list[int]]  # per table: [rows, max rowid] at backup time
+    verify_seconds: float
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {table: rows for table, (rows, _) in self.fingerprint.items()}
+
+
+def backup_path_for(db: Path, directory: Path, now: datetime | None = None) -> Path:
+    """<db>.backup-YYYYMMDD_HHMMSS in directory, with -N appended if that name is taken."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M%S")
+    candidate = directory / f"{db.name}.backup-{stamp}"
+    n = 1
+    while candidate.exists() or candidate.with_name(candidate.name + PARTIAL_SUFFIX).exists():
+        candidate = directory / f"{db.name}.backup-{stamp}-{n}"
+        n += 1
+    return candidate
+
+
+def backup_database(cfg: RunConfig, on_progress: Progress | None = None) -> Backup:
+    """Copy the live database with the backup API, verify the copy, and only then name it."""
+    final = backup_path_for(cfg.database, cfg.backup_directory)
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    _create_private(partial)
+    try:
+        with connection(cfg.database, cfg.busy_timeout_ms) as src:
+            src.execute("BEGIN")  # one read snapshot for the counts and the copy
+            counts = fingerprint(src)
+            total = page_bytes(src)
+            start = time.perf_counter()
+            _copy(src, partial, total, on_progress)
+            seconds = time.perf_counter() - start
+            src.execute("COMMIT")
+        faults.point("backup-copied")
+        verify_seconds = _verify(partial, counts)
+        _fsync(partial)
+        os.replace(partial, final)
+        _fsync(final.parent)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    size = final.stat().st_size
+    return Backup(str(final), size, seconds, size / 1e6 / max(seconds, 1e-9), counts, verify_seconds)
+
+
+def _create_private(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise BadInput(
+            f"Cannot create the backup {path}",
+            exc.strerror or str(exc),
+            "check that the backup directory exists, is writable and has space",
+        ) from exc
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def _copy(src: sqlite3.Connection, partial: Path, total: int, on_progress: Progress | None) -> None:
+    dst = sqlite3.connect(str(partial), isolation_level=None)
+    done = threading.Event()
+    watcher = _watch(partial, total, on_progress, done) if on_progress else None
+    try:
+        dst.execute("PRAGMA journal_mode = OFF")  # a half-written copy is discarded anyway
+        dst.execute("PRAGMA synchronous = OFF")  # fsynced once below
+        src.backup(dst, pages=-1)
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc).lower() or "disk" in str(exc).lower():
+            raise BadInput(
+                f"The backup {partial.name} could not be written",
+                str(exc),
+                "free space in the backup directory or pass another --backup-dir; "
+                "the database was not changed",
+            ) from exc
+        raise
+    finally:
+        dst.close()
+        done.set()
+        if watcher:
+            watcher.join()
+    if on_progress:
+        on_progress(1.0)
+
+
+def _watch(partial: Path, total: int, on_progress: Progress, done: threading.Event) -> threading.Thread:
+    """Report progress by watching the copy grow (a one-step backup has no callback of its own)."""
+
+    def run() -> None:
+        while not done.wait(0.5):
+            size = partial.stat().st_size if partial.exists() else 0
+            on_progress(min(size / max(total, 1), 0.99))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _verify(partial: Path, counts: dict[str, list[int]]) -> float:
+    start = time.perf_counter()
+    # Read-write open so SQLite removes the -wal/-shm it makes for the copy's WAL header on close.
+    with connection(partial) as con:
+        problems = pragma_check(con, "quick_check")
+        if problems:
+            raise CheckFailed(
+                f"Backup {partial.name} failed quick_check",
+                problems[0],
+                "the database was not changed; check the disk and run again",
+            )
+        copied = fingerprint(con)
+    if copied != counts:
+        diff = {t: (counts[t], copied.get(t)) for t in counts if counts[t] != copied.get(t)}
+        raise CheckFailed(
+            f"Backup {partial.name} does not match the database",
+            f"[rows, max rowid] differ (source, copy): {diff}",
+            "the database was not changed; run again",
+        )
+    return time.perf_counter() - start
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+backup = step_task(backup_database, "backup")

@@ -1,0 +1,154 @@
+"""The rollback: run the downs in one transaction, or restore the backup only when that loses nothing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from liteshift import faults
+from liteshift import migrations as mig
+from liteshift.db import (
+    TRACKING_TABLE,
+    begin_immediate,
+    connection,
+    fingerprint,
+    pragma_check,
+)
+from liteshift.errors import CheckFailed, RollbackRefused
+from tasks.common import step_task
+
+
+@dataclass
+class Rollback:
+    """What the rollback did and what it verified afterwards."""
+
+    action: str  # "nothing" | "down" | "restore"
+    undone: list[str]
+    message: str
+    verified: list[str] = field(default_factory=list)
+
+
+def rollback_database(
+    database: Path,
+    migrations_dir: Path,
+    versions: list[str] | None = None,
+    backup_path: str | None = None,
+    busy_timeout_ms: int = 5000,
+) -> Rollback:
+    """Undo the given versions (default: the last applied batch), then verify the result."""
+    migrations = {m.version: m for m in mig.load_migrations(migrations_dir)}
+    with connection(database, busy_timeout_ms) as con:
+        begin_immediate(con, database, busy_timeout_ms)
+        rows = _targets(con, versions)
+        if not rows:
+            con.execute("ROLLBACK")
+            return Rollback("nothing", [], "the migration never committed: nothing to undo")
+        missing = [r.version for r in rows if r.version not in migrations]
+        if missing:
+            con.execute("ROLLBACK")
+            raise RollbackRefused(
+                f"Migration file(s) for version {', '.join(missing)} not found",
+                f"looked in {migrations_dir}",
+                "pass --migrations pointing at the directory they came from",
+            )
+        todo = [migrations[r.version] for r in rows]
+        if all(m.down for m in todo):
+            _run_downs(con, todo)
+            faults.point("rollback-downs-committed")
+            result = Rollback(
+                "down", [m.label for m in todo], f"ran the down of {', '.join(m.label for m in todo)}"
+            )
+        else:
+            con.execute("ROLLBACK")
+            result = _restore(database, rows, backup_path, busy_timeout_ms)
+    result.verified = _verify(database, todo, busy_timeout_ms)
+    return result
+
+
+def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[mig.Applied]:
+    applied = mig.applied_migrations(con)
+    if versions is None:
+        if not applied:
+            return []
+        last = max(a.batch for a in applied.values())
+        return sorted((a for a in applied.values() if a.batch == last), key=lambda a: a.version, reverse=True)
+    return sorted((applied[v] for v in versions if v in applied), key=lambda a: a.version, reverse=True)
+
+
+def _run_downs(con: sqlite3.Connection, todo: list[mig.Migration]) -> None:
+    """Every down, newest first, and the tracking rows' removal, in the one open transaction."""
+    try:
+        for m in todo:
+            for stmt in m.down:
+                try:
+                    con.execute(stmt)
+                except sqlite3.Error as exc:
+                    raise RollbackRefused(
+                        f"The down of {m.path.name} failed",
+                        f"{exc} in: {' '.join(stmt.split())[:120]}",
+                        "the database is left as the migration made it (nothing was undone); "
+                        "fix the down section and run 'liteshift rollback' again",
+                    ) from exc
+            con.execute(f"DELETE FROM {TRACKING_TABLE} WHERE version = ?", (m.version,))
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+
+
+def _restore(
+    database: Path, rows: list[mig.Applied], backup_path: str | None, busy_timeout_ms: int
+) -> Rollback:
+    """Restore the backup with the backup API, only when no write was committed after it."""
+    backup = backup_path or rows[0].backup_path
+    if not backup or not Path(backup).exists():
+        raise RollbackRefused(
+            f"Cannot undo {', '.join(r.version for r in rows)}: no down section and no backup",
+            f"backup {backup or '(none recorded)'} is not there",
+            "write a down section for the migration, or restore a backup by hand",
+        )
+    data = json.loads(rows[0].fingerprint or "{}")
+    with connection(database, busy_timeout_ms) as con:
+        now = fingerprint(con)
+        if not data.get("backup_current") or now != data.get("after"):
+            raise RollbackRefused(
+                "Refusing to restore the backup over newer writes",
+                f"rows were written after the backup {backup} was taken; a restore would discard them",
+                f"keep the database as it is, or inspect {backup} and move the rows by hand",
+            )
+        with connection(backup, busy_timeout_ms) as src:
+            faults.point("rollback-before-restore")
+            src.backup(con, pages=-1)
+    return Rollback("restore", [r.version for r in rows], f"restored the backup {backup}")
+
+
+def _verify(database: Path, todo: list[mig.Migration], busy_timeout_ms: int) -> list[str]:
+    """After the rollback: integrity, created indexes gone, tracking rows gone."""
+    with connection(database, busy_timeout_ms) as con:
+        problems = pragma_check(con, "quick_check")
+        if problems:
+            raise CheckFailed(
+                "quick_check failed after the rollback",
+                problems[0],
+                "stop writes to the database and restore the backup by hand",
+            )
+        left = [
+            n
+            for m in todo
+            for n in m.created_index_names()
+            if con.execute("SELECT 1 FROM sqlite_schema WHERE type='index' AND name=?", (n,)).fetchone()
+        ]
+        tracked = set(mig.applied_migrations(con)) & {m.version for m in todo}
+    if left or tracked:
+        raise CheckFailed(
+            "The rollback did not undo everything",
+            f"indexes still present: {left}; tracking rows still present: {sorted(tracked)}",
+            "inspect the database before running again",
+        )
+    return ["quick_check: ok", "created indexes gone", "tracking rows gone"]
+
+
+rollback = step_task(rollback_database, "rollback", retry=False)

@@ -1,0 +1,207 @@
+"""Step 1, pre-flight validation: everything is checked before anything is written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from liteshift import migrations as mig
+from liteshift.config import RunConfig
+from liteshift.db import (
+    begin_immediate,
+    check_is_sqlite_file,
+    connection,
+    foreign_key_problems,
+    journal_mode,
+    page_bytes,
+    pragma_check,
+)
+from liteshift.errors import BadInput
+from tasks.common import step_task
+
+CORRUPT_HINT = (
+    "restore the database from your last good backup or run "
+    "'sqlite3 DB .recover'; liteshift will not migrate a damaged file"
+)
+
+
+@dataclass
+class Validation:
+    """What pre-flight found: the plan for the rest of the run."""
+
+    database: str
+    size_bytes: int
+    journal_mode: str
+    applied: list[str]
+    pending: list[str]
+    touched_tables: list[str]
+    indexes: dict[str, mig.IndexDef]
+    index_only: bool
+    has_downs: bool
+    free_bytes: int
+    required_bytes: int
+    check: str
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def validate_database(cfg: RunConfig) -> Validation:
+    """Check the file, the migrations, the schema, free space and the write lock; write nothing."""
+    start = time.perf_counter()
+    db = cfg.database
+    check_is_sqlite_file(db)
+    _check_writable(db)
+    migrations = mig.load_migrations(cfg.migrations_dir)
+    with connection(db, cfg.busy_timeout_ms) as con:
+        applied = _read_applied(con, db)
+        mig.check_drift(migrations, applied)
+        todo = mig.pending(migrations, applied)
+        check = _integrity(con, db, cfg.integrity)
+        _foreign_keys(con, db)
+        mode = journal_mode(con)
+        size = page_bytes(con)
+        rehearsal = mig.rehearse(con, todo) if todo else mig.Rehearsal({}, (), (), True)
+        if todo:
+            _same_name_indexes(con, rehearsal)
+            _declared_queries_compile(con, todo)
+            begin_immediate(con, db, cfg.busy_timeout_ms)  # can we get the write lock at all?
+            con.execute("ROLLBACK")
+    free, required = _disk_space(cfg, size) if todo else (0, 0)
+    warnings = (
+        []
+        if mode == "wal" or not todo
+        else [f"journal mode is {mode}, not WAL: readers are blocked while the indexes are written"]
+    )
+    return Validation(
+        database=str(db),
+        size_bytes=size,
+        journal_mode=mode,
+        applied=sorted(applied),
+        pending=[m.label for m in todo],
+        touched_tables=list(rehearsal.touched_tables),
+        indexes=rehearsal.indexes,
+        index_only=rehearsal.index_only,
+        has_downs=all(m.down for m in todo),
+        free_bytes=free,
+        required_bytes=required,
+        check=check,
+        seconds=time.perf_counter() - start,
+        warnings=warnings,
+    )
+
+
+def _check_writable(db: Path) -> None:
+    if not os.access(db, os.W_OK):
+        raise BadInput(
+            f"Database {db} is read-only",
+            "liteshift needs to write the file to add the migration",
+            "run as the file's owner or fix its permissions (chmod u+w)",
+        )
+    if not os.access(db.parent, os.W_OK):
+        raise BadInput(
+            f"Directory {db.parent} is read-only",
+            "SQLite writes its -wal / -journal files beside the database",
+            "make the directory writable for the user running liteshift",
+        )
+
+
+def _read_applied(con: sqlite3.Connection, db: Path) -> dict[str, mig.Applied]:
+    try:
+        return mig.applied_migrations(con)
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc).lower():
+            raise
+        raise BadInput(f"Database {db} is corrupt", str(exc), CORRUPT_HINT) from exc
+
+
+def _integrity(con: sqlite3.Connection, db: Path, level: str) -> str:
+    pragma = "integrity_check" if level == "full" else "quick_check"
+    try:
+        problems = pragma_check(con, pragma)
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc).lower():
+            raise
+        raise BadInput(f"Database {db} is corrupt", f"{pragma} could not run: {exc}", CORRUPT_HINT) from exc
+    if problems:
+        raise BadInput(
+            f"Database {db} is corrupt",
+            f"{pragma} found {len(problems)} problem(s), first: {problems[0]}",
+            CORRUPT_HINT,
+        )
+    return f"{pragma}: ok"
+
+
+def _foreign_keys(con: sqlite3.Connection, db: Path) -> None:
+    problems = foreign_key_problems(con)
+    if problems:
+        table, rowid, parent, _ = problems[0]
+        raise BadInput(
+            f"Database {db} has {len(problems)} foreign key violation(s)",
+            f"first: {table} rowid {rowid} points to a missing {parent} row",
+            "fix the rows PRAGMA foreign_key_check lists, then run again",
+        )
+
+
+def _same_name_indexes(con: sqlite3.Connection, rehearsal: mig.Rehearsal) -> None:
+    """IF NOT EXISTS would silently keep an older index of the same name: refuse that now."""
+    for name, declared in rehearsal.indexes.items():
+        live = mig.index_definition(con, name)
+        if live is not None and live != declared:
+            raise BadInput(
+                f"Index {name} already exists with another definition",
+                f"the database has {live.describe()}, the migration declares {declared.describe()}",
+                f"drop or rename the old index {name} first; CREATE INDEX IF NOT EXISTS would keep it",
+            )
+
+
+def _declared_queries_compile(con: sqlite3.Connection, todo: list[mig.Migration]) -> None:
+    for m in todo:
+        for q in m.queries:
+            try:
+                con.execute("EXPLAIN QUERY PLAN " + q.sql.rstrip().rstrip(";"))
+            except sqlite3.Error as exc:
+                raise BadInput(
+                    f"Query {q.name} in {m.path.with_suffix('.toml').name} is invalid",
+                    str(exc),
+                    "fix the query's sql in the sidecar file",
+                ) from exc
+
+
+def _disk_space(cfg: RunConfig, size: int) -> tuple[int, int]:
+    """Free bytes where the backup goes and the bytes this run needs (disk_factor x size)."""
+    backup_dir = cfg.backup_directory
+    if not backup_dir.is_dir():
+        raise BadInput(
+            f"Backup directory {backup_dir} does not exist",
+            "the backup is written there before anything changes",
+            "create it or pass another --backup-dir",
+        )
+    if not os.access(backup_dir, os.W_OK):
+        raise BadInput(
+            f"Backup directory {backup_dir} is not writable",
+            "the backup is written there before anything changes",
+            "fix its permissions or pass another --backup-dir",
+        )
+    required = int(size * cfg.disk_factor)
+    backup_free = shutil.disk_usage(backup_dir).free
+    db_free = shutil.disk_usage(cfg.database.parent).free
+    same_fs = os.stat(backup_dir).st_dev == os.stat(cfg.database.parent).st_dev
+    needs = [(backup_dir, backup_free, required if same_fs else size)]
+    if not same_fs:
+        needs.append((cfg.database.parent, db_free, required - size))
+    for where, free, need in needs:
+        if free < need:
+            raise BadInput(
+                f"Not enough disk space in {where}",
+                f"{free / 1e6:.1f} MB free, {need / 1e6:.1f} MB needed "
+                f"({cfg.disk_factor:g} x the {size / 1e6:.1f} MB database for backup and growth)",
+                "free some space, pass another --backup-dir, or lower --disk-factor",
+            )
+    return min(backup_free, db_free), required
+
+
+validate = step_task(validate_database, "validate")
