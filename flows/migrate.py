@@ -21,6 +21,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
 
 from flows.rollback import rollback_migration
+from liteshift import lock
 from liteshift import migrations as mig
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput
@@ -126,6 +127,13 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
         report.status = "nothing-to-do"
         logger.info("Nothing to migrate in %s: %s applied", cfg.database, len(v.applied))
         return
+    with lock.held(cfg.database, cfg.busy_timeout_ms):
+        _locked_pipeline(cfg, report, v)
+
+
+def _locked_pipeline(cfg: RunConfig, report: RunReport, v: Any) -> None:
+    """From the benchmark to the rollback, under the database's own liteshift lock."""
+    logger = get_run_logger()
     queries = [q for m in mig.load_migrations(cfg.migrations_dir) if m.label in v.pending for q in m.queries]
     before = _step(
         report,
