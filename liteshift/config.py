@@ -36,9 +36,6 @@ class RunConfig(BaseModel):
     bench_budget_s: float = Field(
         1.0, ge=0, description="Time spent timing each query, per phase, once min runs are done."
     )
-    fail_at: str | None = Field(
-        None, description="Testing only: make the named step fail, to exercise the rollback."
-    )
 
     @field_validator("database", "migrations_dir", "report_dir", "backup_dir")
     @classmethod

@@ -1,0 +1,102 @@
+"""The command line: exit codes, one JSON object, one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import migrations_dir, snapshot, tracked_versions, user_snapshot
+
+from liteshift.cli import main
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_run_json_then_status_then_rollback(
+    make_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = make_db()
+    before = user_snapshot(db)
+    code = main(["run", "--database", str(db), "--report-dir", str(tmp_path / "r"), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads(out)  # exactly one JSON object on stdout
+    assert summary["status"] == "completed"
+    assert summary["applied"] == ["001_add_composite_indexes"]
+    assert summary["backup"]["bytes"] > 0 and summary["lock_seconds"] > 0
+    q = {x["name"]: x for x in summary["queries"]}["user_worklogs_range"]
+    assert q["plan"]["index"] == "idx_worklogs_user_range"
+    assert q["plan"]["equality"] == ["company_id", "author_email"]
+    assert q["before"]["p50_ms"] > 0 and q["after"]["p95_ms"] >= q["after"]["p50_ms"]
+    assert summary["report_path"].endswith(".md")
+
+    assert main(["status", "--database", str(db), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [a["version"] for a in status["applied"]] == ["001"] and status["pending"] == []
+
+    assert main(["rollback", "--database", str(db)]) == 0
+    assert capsys.readouterr().out.startswith("Rollback: down: ran the down of 001_add_composite_indexes")
+    assert user_snapshot(db) == before and tracked_versions(db) == []
+
+
+def test_second_run_says_nothing_to_migrate(
+    make_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = make_db()
+    assert main(["run", "--database", str(db), "--report-dir", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert main(["run", "--database", str(db), "--report-dir", str(tmp_path / "r")]) == 0
+    assert capsys.readouterr().out.startswith(f"Nothing to migrate: {db} is up to date.")
+
+
+def test_bad_input_exits_2_with_one_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.db"
+    assert main(["run", "--database", str(missing), "--report-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"Error: Database {missing} does not exist: there is no file at that path\n"
+        "Try: check the --database path (liteshift never creates the database it migrates)\n"
+    )
+
+
+def test_failed_step_exits_1_after_rollback(
+    make_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = make_db()
+    before = user_snapshot(db)
+    d = migrations_dir(
+        tmp_path,
+        {
+            "001_i.sql": "-- migrate:up\nCREATE INDEX i_team ON worklogs(team_id);\n"
+            "-- migrate:down\nDROP INDEX i_team;\n",
+            "001_i.toml": '[[query]]\nname = "by_comment"\n'
+            'sql = "SELECT * FROM worklogs WHERE comment = \'x\'"\nexpect_index = "i_team"\n',
+        },
+    )
+    code = main(["run", "--database", str(db), "--migrations", str(d), "--report-dir", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Rollback: down: ran the down of 001_i" in captured.out
+    assert captured.err.startswith("Error: Query by_comment does not use index i_team: plan is SCAN worklogs")
+    assert user_snapshot(db) == before and tracked_versions(db) == []
+
+
+def test_status_reports_drift_with_exit_2(
+    make_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = make_db()
+    d = migrations_dir(tmp_path, {"001_i.sql": "-- migrate:up\nCREATE INDEX i_team ON worklogs(team_id);\n"})
+    assert (
+        main(["run", "--database", str(db), "--migrations", str(d), "--report-dir", str(tmp_path / "r")]) == 0
+    )
+    (d / "001_i.sql").write_text("-- migrate:up\nCREATE INDEX i_team ON worklogs(started);\n")
+    capsys.readouterr()
+    before = snapshot(db)
+    assert main(["status", "--database", str(db), "--migrations", str(d)]) == 2
+    assert "DRIFT    001_i.sql: applied " in capsys.readouterr().out
+    assert (
+        main(["run", "--database", str(db), "--migrations", str(d), "--report-dir", str(tmp_path / "r")]) == 2
+    )
+    assert capsys.readouterr().err.startswith("Error: Migration 001_i.sql changed after it was applied")
+    assert snapshot(db) == before

@@ -1,0 +1,147 @@
+"""The migrate-database flow under Prefect: success, idempotent rerun, and a failure at each step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import index_names, snapshot, tracked_versions, user_snapshot
+
+import flows.migrate as flow_mod
+from liteshift.errors import BadInput, CheckFailed
+from tasks.common import step_task
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAST = {"bench_min_runs": 3, "bench_budget_s": 0.0, "retry_delay_s": 0.0}
+
+
+def run(db: Path, tmp_path: Path, **params: Any) -> dict[str, Any]:
+    return flow_mod.migrate_database(str(db), report_dir=str(tmp_path / "reports"), **{**FAST, **params})
+
+
+def test_success_then_idempotent_rerun(make_db, tmp_path: Path) -> None:
+    db = make_db()
+    summary = run(db, tmp_path)
+    assert summary["status"] == "completed"
+    assert summary["applied"] == ["001_add_composite_indexes"]
+    assert [s["name"] for s in summary["steps"]] == [
+        "validate",
+        "benchmark-before",
+        "backup",
+        "migrate",
+        "verify-indexes",
+        "integrity",
+        "query-plan-benchmark",
+    ]
+    assert all(s["state"] == "passed" for s in summary["steps"])
+    assert {"idx_worklogs_user_range", "idx_billing_rates_lookup"} <= index_names(db)
+    assert tracked_versions(db) == ["001"]
+    assert Path(summary["backup"]["path"]).exists()
+    assert summary["size_after"] > summary["size_before"]
+    report = Path(summary["report_path"]).read_text()
+    assert "## Query plans and timings" in report and "idx_worklogs_instance_range" in report
+    assert json.loads(Path(summary["report_path"]).with_suffix(".json").read_text())["status"] == "completed"
+
+    before = snapshot(db)
+    again = run(db, tmp_path)
+    assert again["status"] == "nothing-to-do"
+    assert [s["name"] for s in again["steps"]] == ["validate"]
+    assert snapshot(db) == before
+
+
+def test_artifacts_are_keyed_by_database(make_db, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    db = make_db(name="artifact_check.db")
+    run(db, tmp_path)
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(
+                    any_=["liteshift-report-artifact-check-db", "liteshift-bench-artifact-check-db"]
+                )
+            )
+        )
+    kinds = {a.key: a.type for a in found}
+    assert kinds == {
+        "liteshift-report-artifact-check-db": "markdown",
+        "liteshift-bench-artifact-check-db": "table",
+    }
+    report = next(a for a in found if a.type == "markdown")
+    assert "liteshift execution report: artifact_check.db" in str(report.data)
+
+
+def _boom(name: str):
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise CheckFailed(f"Injected failure in {name}", "test", "none")
+
+    return step_task(fail, name, retry=False)
+
+
+@pytest.mark.parametrize(
+    ("attr", "step", "rollback_action"),
+    [
+        ("validate", "validate", None),
+        ("benchmark_before", "benchmark-before", None),
+        ("backup", "backup", None),
+        ("migrate", "migrate", "nothing"),
+        ("verify", "verify-indexes", "down"),
+        ("integrity", "integrity", "down"),
+        ("query_plans", "query-plan-benchmark", "down"),
+    ],
+)
+def test_a_failure_at_each_step_leaves_the_database_as_it_was(
+    make_db,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    attr: str,
+    step: str,
+    rollback_action: str | None,
+) -> None:
+    db = make_db()
+    before = user_snapshot(db)
+    monkeypatch.setattr(flow_mod, attr, _boom(step))
+    with pytest.raises(CheckFailed) as err:
+        run(db, tmp_path)
+    assert str(err.value) == f"Injected failure in {step}: test. Try: none"
+    report = err.value.liteshift_report  # type: ignore[attr-defined]
+    assert report.status == "failed"
+    assert report.steps[-1].name == step and report.steps[-1].state == "failed"
+    assert (report.rollback or {}).get("action") == rollback_action
+    assert user_snapshot(db) == before
+    assert tracked_versions(db) == []
+
+
+def test_rollback_subflow_is_its_own_run(make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    db = make_db(name="subflow_check.db")
+    monkeypatch.setattr(flow_mod, "integrity", _boom("integrity"))
+    with pytest.raises(CheckFailed) as err:
+        run(db, tmp_path)
+    parent = err.value.liteshift_report.flow_run_id  # type: ignore[attr-defined]
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent]))
+        )
+        parent_run = client.read_flow_run(parent)
+    assert [c.name for c in children] == ["rollback-subflow_check.db"]
+    assert children[0].state is not None and children[0].state.is_completed()
+    assert parent_run.state is not None and parent_run.state.is_failed()
+
+
+def test_bad_parameter_is_one_clear_message(make_db, tmp_path: Path) -> None:
+    db = make_db()
+    before = snapshot(db)
+    with pytest.raises(BadInput) as err:
+        run(db, tmp_path, plan_check="sometimes")
+    assert str(err.value) == (
+        "Invalid parameter plan_check: Input should be 'fail' or 'warn'. "
+        "Try: see 'liteshift run --help' for the accepted values"
+    )
+    assert snapshot(db) == before
