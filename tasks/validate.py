@@ -65,8 +65,9 @@ def validate_database(cfg: RunConfig) -> Validation:
         mode = journal_mode(con)
         size = page_bytes(con)
         rehearsal = mig.rehearse(con, todo) if todo else mig.Rehearsal({}, (), (), True)
+        existing: list[str] = []
         if todo:
-            _same_name_indexes(con, rehearsal)
+            existing = _same_name_indexes(con, rehearsal)
             _declared_queries_compile(con, todo)
             begin_immediate(con, db, cfg.busy_timeout_ms)  # can we get the write lock at all?
             con.execute("ROLLBACK")
@@ -76,6 +77,10 @@ def validate_database(cfg: RunConfig) -> Validation:
         if mode == "wal" or not todo
         else [f"journal mode is {mode}, not WAL: readers are blocked while the indexes are written"]
     )
+    warnings += [
+        f"index {name} already exists as declared: the migration keeps it, and its down would drop it"
+        for name in existing
+    ]
     return Validation(
         database=str(db),
         size_bytes=size,
@@ -146,8 +151,9 @@ def _foreign_keys(con: sqlite3.Connection, db: Path) -> None:
         )
 
 
-def _same_name_indexes(con: sqlite3.Connection, rehearsal: mig.Rehearsal) -> None:
-    """IF NOT EXISTS would silently keep an older index of the same name: refuse that now."""
+def _same_name_indexes(con: sqlite3.Connection, rehearsal: mig.Rehearsal) -> list[str]:
+    """Refuse an older index of the same name (IF NOT EXISTS would keep it); list identical ones."""
+    identical = []
     for name, declared in rehearsal.indexes.items():
         live = mig.index_definition(con, name)
         if live is not None and live != declared:
@@ -156,6 +162,9 @@ def _same_name_indexes(con: sqlite3.Connection, rehearsal: mig.Rehearsal) -> Non
                 f"the database has {live.describe()}, the migration declares {declared.describe()}",
                 f"drop or rename the old index {name} first; CREATE INDEX IF NOT EXISTS would keep it",
             )
+        if live is not None:
+            identical.append(name)
+    return identical
 
 
 def _declared_queries_compile(con: sqlite3.Connection, todo: list[mig.Migration]) -> None:

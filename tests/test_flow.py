@@ -145,3 +145,38 @@ def test_bad_parameter_is_one_clear_message(make_db, tmp_path: Path) -> None:
         "Try: see 'liteshift run --help' for the accepted values"
     )
     assert snapshot(db) == before
+
+
+def _flaky(real: Any, error: Exception, calls: list[int]) -> Any:
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(*args, **kwargs)
+
+    return step_task(fn, "validate")
+
+
+def test_a_locked_database_is_retried(make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from liteshift.errors import DatabaseLocked
+    from tasks.validate import validate_database
+
+    db = make_db()
+    calls: list[int] = []
+    monkeypatch.setattr(flow_mod, "validate", _flaky(validate_database, DatabaseLocked("locked"), calls))
+    assert run(db, tmp_path)["status"] == "completed"
+    assert len(calls) == 2
+
+
+def test_a_failed_check_is_never_retried(make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.validate import validate_database
+
+    db = make_db()
+    before = snapshot(db)
+    calls: list[int] = []
+    failure = CheckFailed("quick_check failed", "1 problem", "restore")
+    monkeypatch.setattr(flow_mod, "validate", _flaky(validate_database, failure, calls))
+    with pytest.raises(CheckFailed):
+        run(db, tmp_path)
+    assert len(calls) == 1
+    assert snapshot(db) == before

@@ -196,3 +196,17 @@ def test_foreign_key_violations_are_refused(make_db, config) -> None:
         "companies row. Try: fix the rows PRAGMA foreign_key_check lists, then run again"
     )
     assert snapshot(db) == before
+
+
+def test_identical_existing_index_is_a_warning(make_db, config) -> None:
+    db = make_db()
+    with sqlite3.connect(db) as con:
+        con.execute(
+            "CREATE INDEX idx_billing_rates_lookup "
+            "ON billing_rates(billing_project_id, user_email, issue_type)"
+        )
+    v = validate_database(config(db))
+    assert v.warnings == [
+        "index idx_billing_rates_lookup already exists as declared: the migration keeps it, and its "
+        "down would drop it"
+    ]
