@@ -4,59 +4,78 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlite_utils
+
 from liteshift.db import connection
 
-SCHEMA = """
-CREATE TABLE companies (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL
-);
-CREATE TABLE teams (
-    id INTEGER PRIMARY KEY,
-    company_id INTEGER NOT NULL REFERENCES companies(id),
-    name TEXT NOT NULL
-);
-CREATE TABLE worklogs (
-    id INTEGER PRIMARY KEY,
-    company_id INTEGER NOT NULL REFERENCES companies(id),
-    team_id INTEGER REFERENCES teams(id),
-    jira_instance TEXT NOT NULL,
-    author_email TEXT NOT NULL,
-    issue_key TEXT NOT NULL,
-    started TEXT NOT NULL,
-    time_spent_seconds INTEGER NOT NULL,
-    comment TEXT
-);
-CREATE INDEX idx_worklogs_company ON worklogs(company_id);
-CREATE TABLE billing_projects (
-    id INTEGER PRIMARY KEY,
-    company_id INTEGER NOT NULL REFERENCES companies(id),
-    name TEXT NOT NULL
-);
-CREATE TABLE billing_rates (
-    id INTEGER PRIMARY KEY,
-    billing_project_id INTEGER NOT NULL REFERENCES billing_projects(id),
-    user_email TEXT NOT NULL,
-    issue_type TEXT NOT NULL,
-    rate_cents INTEGER NOT NULL
-);
-CREATE INDEX idx_billing_rates_project ON billing_rates(billing_project_id);
-CREATE TABLE factorial_leaves (
-    id INTEGER PRIMARY KEY,
-    company_id INTEGER NOT NULL REFERENCES companies(id),
-    user_id INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    start_date TEXT NOT NULL,
-    end_date TEXT NOT NULL
-);
-CREATE TABLE invoices (
-    id INTEGER PRIMARY KEY,
-    company_id INTEGER NOT NULL REFERENCES companies(id),
-    billing_project_id INTEGER NOT NULL REFERENCES billing_projects(id),
-    period TEXT NOT NULL,
-    total_cents INTEGER NOT NULL
-);
-"""
+# (table, columns, not-null columns, foreign keys): the shape of the phase-1 worklog database.
+TABLES: list[tuple[str, dict[str, type], set[str], list[tuple[str, str, str]]]] = [
+    ("companies", {"id": int, "name": str}, {"name"}, []),
+    (
+        "teams",
+        {"id": int, "company_id": int, "name": str},
+        {"company_id", "name"},
+        [("company_id", "companies", "id")],
+    ),
+    (
+        "worklogs",
+        {
+            "id": int,
+            "company_id": int,
+            "team_id": int,
+            "jira_instance": str,
+            "author_email": str,
+            "issue_key": str,
+            "started": str,
+            "time_spent_seconds": int,
+            "comment": str,
+        },
+        {"company_id", "jira_instance", "author_email", "issue_key", "started", "time_spent_seconds"},
+        [("company_id", "companies", "id"), ("team_id", "teams", "id")],
+    ),
+    (
+        "billing_projects",
+        {"id": int, "company_id": int, "name": str},
+        {"company_id", "name"},
+        [("company_id", "companies", "id")],
+    ),
+    (
+        "billing_rates",
+        {"id": int, "billing_project_id": int, "user_email": str, "issue_type": str, "rate_cents": int},
+        {"billing_project_id", "user_email", "issue_type", "rate_cents"},
+        [("billing_project_id", "billing_projects", "id")],
+    ),
+    (
+        "factorial_leaves",
+        {"id": int, "company_id": int, "user_id": int, "status": str, "start_date": str, "end_date": str},
+        {"company_id", "user_id", "status", "start_date", "end_date"},
+        [("company_id", "companies", "id")],
+    ),
+    (
+        "invoices",
+        {"id": int, "company_id": int, "billing_project_id": int, "period": str, "total_cents": int},
+        {"company_id", "billing_project_id", "period", "total_cents"},
+        [("company_id", "companies", "id"), ("billing_project_id", "billing_projects", "id")],
+    ),
+]
+# The indexes an application would already have before phase 1 (foreign-key lookups).
+EXISTING_INDEXES = [
+    ("worklogs", ["company_id"], "idx_worklogs_company"),
+    ("billing_rates", ["billing_project_id"], "idx_billing_rates_project"),
+]
+
+
+def create_schema(path: Path) -> None:
+    """Create the demo tables and their pre-phase-1 indexes with sqlite-utils."""
+    db = sqlite_utils.Database(path)
+    try:
+        for name, columns, not_null, fks in TABLES:
+            db[name].create(columns, pk="id", not_null=not_null, foreign_keys=fks)  # type: ignore[union-attr]
+        for table, cols, index_name in EXISTING_INDEXES:
+            db[table].create_index(cols, index_name=index_name)  # type: ignore[union-attr]
+    finally:
+        db.close()
+
 
 COMPANIES = 20
 TEAMS = 100
@@ -138,11 +157,7 @@ def build_demo_db(path: Path, rows: int = 100_000, seed: int = 1, wal: bool = Tr
     with connection(path) as con:
         if wal:
             con.execute("PRAGMA journal_mode = WAL")
-        con.execute("BEGIN")
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                con.execute(stmt)
-        con.execute("COMMIT")
+    create_schema(path)
     fill(path, rows, seed)
     with connection(path) as con:
         con.execute("ANALYZE")
