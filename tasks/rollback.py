@@ -40,6 +40,8 @@ def rollback_database(
     """Undo the given versions (default: the last applied batch), then verify the result."""
     migrations = {m.version: m for m in mig.load_migrations(migrations_dir)}
     with connection(database, busy_timeout_ms) as con:
+        if not _targets(con, versions):  # a read: no write lock needed to know there is nothing
+            return Rollback("nothing", [], "the migration never committed: nothing to undo")
         begin_immediate(con, database, busy_timeout_ms)
         rows = _targets(con, versions)
         if not rows:

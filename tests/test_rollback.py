@@ -98,3 +98,15 @@ def test_writes_after_backup_survive_a_down_rollback(make_db, config, tmp_path: 
     rollback_database(db, PROJECT_MIGRATIONS)
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT name FROM companies WHERE id = 500").fetchone() == ("kept",)
+
+
+def test_nothing_to_undo_needs_no_write_lock(make_db) -> None:
+    db = make_db()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # e.g. the application, or the reason the migrate step failed
+    try:
+        r = rollback_database(db, PROJECT_MIGRATIONS, ["001"], busy_timeout_ms=50)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert r.action == "nothing"
