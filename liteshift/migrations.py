@@ -127,6 +127,11 @@ def _keep(buf: str, statements: list[str], where: str) -> None:
     statements.append(body)
 
 
+def failure_detail(exc: BaseException, stmt: str) -> str:
+    """SQLite's error and the statement it came from, on one line."""
+    return f"{exc} in: {' '.join(stmt.split())[:120]}"
+
+
 def parse_migration(path: Path) -> Migration:
     """Read one NNN_slug.sql file and its optional NNN_slug.toml sidecar."""
     m = FILE_RE.match(path.name)
@@ -369,9 +374,8 @@ def _rehearse_statement(mem: sqlite3.Connection, mig: Migration, stmt: str) -> N
     try:
         mem.execute(stmt)
     except sqlite3.Error as exc:
-        first = " ".join(stmt.split())[:120]
         raise BadInput(
             f"Migration {mig.path.name} fails on this database's schema",
-            f"{exc} in: {first}",
+            failure_detail(exc, stmt),
             "fix the migration (or the --database path); nothing was written",
         ) from exc

@@ -84,7 +84,7 @@ def _apply(
             except sqlite3.Error as exc:
                 raise CheckFailed(
                     f"Migration {m.path.name} failed",
-                    f"{exc} in: {' '.join(stmt.split())[:120]}",
+                    mig.failure_detail(exc, stmt),
                     "nothing was applied (the transaction was rolled back); fix the data or "
                     "the migration and run again",
                 ) from exc

@@ -89,7 +89,7 @@ def _run_downs(con: sqlite3.Connection, todo: list[mig.Migration]) -> None:
                 except sqlite3.Error as exc:
                     raise RollbackRefused(
                         f"The down of {m.path.name} failed",
-                        f"{exc} in: {' '.join(stmt.split())[:120]}",
+                        mig.failure_detail(exc, stmt),
                         "the database is left as the migration made it (nothing was undone); "
                         "fix the down section and run 'liteshift rollback' again",
                     ) from exc
