@@ -333,7 +333,12 @@ def schema_copy(con: sqlite3.Connection) -> sqlite3.Connection:
         "WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid"
     ).fetchall()
     for _type, sql in rows:
-        mem.execute(sql)
+        try:
+            mem.execute(sql)
+        except sqlite3.OperationalError as exc:
+            # A virtual table (FTS, R*Tree) already made its shadow tables when it was created.
+            if "already exists" not in str(exc):
+                raise
     return mem
 
 

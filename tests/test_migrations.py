@@ -136,3 +136,13 @@ def test_drift_names_file_and_both_checksums(make_db, tmp_path: Path) -> None:
         f"Migration 002_x.sql changed after it was applied: applied checksum {'0' * 64}, file checksum "
         f"now {m.checksum}. Try: restore the file as it was applied, or write the change as a new migration"
     )
+
+
+def test_rehearsal_copes_with_virtual_tables_and_their_shadow_tables(make_db, tmp_path: Path) -> None:
+    db = make_db()
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE VIRTUAL TABLE notes_fts USING fts5(body)")
+        con.execute("CREATE TABLE seq_demo (id INTEGER PRIMARY KEY AUTOINCREMENT, v)")
+        d = migrations_dir(tmp_path, {"002_x.sql": "-- migrate:up\nCREATE INDEX i ON seq_demo(v);\n"})
+        rehearsal = mig.rehearse(con, mig.load_migrations(d))
+    assert rehearsal.indexes["i"].describe() == "seq_demo(v)"
