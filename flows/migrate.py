@@ -21,7 +21,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
 
 from flows.rollback import rollback_migration
-from liteshift import lock
+from liteshift import faults, lock
 from liteshift import migrations as mig
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput
@@ -234,6 +234,7 @@ def _progress(cfg: RunConfig, what: str) -> Callable[[float], None] | None:
 def _publish(cfg: RunConfig, report: RunReport) -> None:
     """Write the report file and the markdown and table artifacts, keyed by the database."""
     path = report.write(cfg.report_dir)
+    faults.point("report-written")
     key = slug(cfg.database.name)
     create_markdown_artifact(
         key=f"liteshift-report-{key}",

@@ -11,6 +11,33 @@ import signal
 
 ENV = "LITESHIFT_KILL_AT"
 
+# Every point, in the order a run reaches them; tests/reliability kills a run at each one.
+POINTS = (
+    "validate-start",
+    "validate-end",
+    "lock-acquired",
+    "benchmark-before",
+    "backup-partial-created",
+    "backup-copying",
+    "backup-copied",
+    "backup-verified",
+    "backup-renamed",
+    "migrate-locked",
+    "migrate-between-statements",
+    "migrate-before-commit",
+    "migrate-after-commit",
+    "verify-indexes-done",
+    "integrity-done",
+    "benchmark-after",
+    "rollback-start",
+    "rollback-downs-committed",
+    "rollback-before-restore",
+    "rollback-restoring",
+    "rollback-verified",
+    "lock-before-release",
+    "report-written",
+)
+
 
 def point(name: str) -> None:
     """SIGKILL this process when LITESHIFT_KILL_AT equals name."""

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from liteshift import faults
 from liteshift.db import begin_immediate, connection
 from liteshift.errors import BadInput
 
@@ -121,6 +122,7 @@ def held(
 ) -> Iterator[Holder]:
     """Hold the lock for a block, with a heartbeat thread, and always release it."""
     me = acquire(database, busy_timeout_ms, stale_after_s)
+    faults.point("lock-acquired")
     stop = threading.Event()
 
     def heartbeat() -> None:
@@ -134,4 +136,5 @@ def held(
     finally:
         stop.set()
         thread.join()
+        faults.point("lock-before-release")
         release(database, me.token, busy_timeout_ms)

@@ -53,6 +53,7 @@ def backup_database(cfg: RunConfig, on_progress: Progress | None = None) -> Back
     final = backup_path_for(cfg.database, cfg.backup_directory)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     _create_private(partial)
+    faults.point("backup-partial-created")
     try:
         with connection(cfg.database, cfg.busy_timeout_ms) as src:
             src.execute("BEGIN")  # one read snapshot for the counts and the copy
@@ -65,8 +66,10 @@ def backup_database(cfg: RunConfig, on_progress: Progress | None = None) -> Back
         faults.point("backup-copied")
         verify_seconds = _verify(partial, counts)
         _fsync(partial)
+        faults.point("backup-verified")
         os.replace(partial, final)
         _fsync(final.parent)
+        faults.point("backup-renamed")
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -94,7 +97,8 @@ def _copy(src: sqlite3.Connection, partial: Path, total: int, on_progress: Progr
     try:
         dst.execute("PRAGMA journal_mode = OFF")  # a half-written copy is discarded anyway
         dst.execute("PRAGMA synchronous = OFF")  # fsynced once below
-        src.backup(dst, pages=-1)
+        # Called once, after the pages are written and before the copy is finished.
+        src.backup(dst, pages=-1, progress=lambda *_: faults.point("backup-copying"))
     except sqlite3.OperationalError as exc:
         if "full" in str(exc).lower() or "disk" in str(exc).lower():
             raise BadInput(

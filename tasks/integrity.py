@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from liteshift import faults
 from liteshift.config import RunConfig
 from liteshift.db import connection, foreign_key_problems, pragma_check, row_counts, user_tables
 from liteshift.errors import CheckFailed
@@ -43,6 +44,7 @@ def check_integrity(
                 "the migration will be rolled back",
             )
         counts = row_counts(con, tables)
+    faults.point("integrity-done")
     if index_only and rows_changed:
         raise CheckFailed(
             "An index-only migration changed rows",

@@ -43,6 +43,7 @@ def migrate_database(
         waited = time.perf_counter()
         begin_immediate(con, cfg.database, cfg.busy_timeout_ms)
         locked_at = time.perf_counter()
+        faults.point("migrate-locked")
         try:
             applied = mig.applied_migrations(con)
             mig.check_drift(migrations, applied)
@@ -89,6 +90,7 @@ def _apply(
                     "the migration and run again",
                 ) from exc
             done += 1
+            faults.point("migrate-between-statements")
             if on_progress:
                 on_progress(done / total)
         seconds = time.perf_counter() - start

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from liteshift import faults
 from liteshift import migrations as mig
 from liteshift.config import RunConfig
 from liteshift.db import connection
@@ -113,6 +114,7 @@ def time_query(con: sqlite3.Connection, sql: str, cfg: RunConfig) -> Timing:
 def measure_before(cfg: RunConfig, queries: list[mig.Query]) -> dict[str, Timing]:
     """Time every declared query before the migration (read-only)."""
     with connection(cfg.database, cfg.busy_timeout_ms, readonly=True) as con:
+        faults.point("benchmark-before")
         return {q.name: time_query(con, q.sql, cfg) for q in queries}
 
 
@@ -184,6 +186,7 @@ def check_query_plans(
 ) -> list[QueryResult]:
     """Step 6 proper: plans and after-timings for every declared query."""
     with connection(cfg.database, cfg.busy_timeout_ms, readonly=True) as con:
+        faults.point("benchmark-after")
         return [check_query(con, q, cfg, before.get(q.name)) for q in queries]
 
 

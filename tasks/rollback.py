@@ -56,6 +56,7 @@ def rollback_database(
                 "pass --migrations pointing at the directory they came from",
             )
         todo = [migrations[r.version] for r in rows]
+        faults.point("rollback-start")
         if all(m.down for m in todo):
             _run_downs(con, todo)
             faults.point("rollback-downs-committed")
@@ -66,6 +67,7 @@ def rollback_database(
             con.execute("ROLLBACK")
             result = _restore(database, rows, backup_path, busy_timeout_ms)
     result.verified = _verify(database, todo, busy_timeout_ms)
+    faults.point("rollback-verified")
     return result
 
 
@@ -123,7 +125,7 @@ def _restore(
             )
         with connection(backup, busy_timeout_ms) as src:
             faults.point("rollback-before-restore")
-            src.backup(con, pages=-1)
+            src.backup(con, pages=-1, progress=lambda *_: faults.point("rollback-restoring"))
     return Rollback("restore", [r.version for r in rows], f"restored the backup {backup}")
 
 

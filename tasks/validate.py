@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from liteshift import faults
 from liteshift import migrations as mig
 from liteshift.config import RunConfig
 from liteshift.db import (
@@ -52,6 +53,7 @@ class Validation:
 def validate_database(cfg: RunConfig) -> Validation:
     """Check the file, the migrations, the schema, free space and the write lock; write nothing."""
     start = time.perf_counter()
+    faults.point("validate-start")
     db = cfg.database
     check_is_sqlite_file(db)
     _check_writable(db)
@@ -72,6 +74,7 @@ def validate_database(cfg: RunConfig) -> Validation:
             begin_immediate(con, db, cfg.busy_timeout_ms)  # can we get the write lock at all?
             con.execute("ROLLBACK")
     free, required = _disk_space(cfg, size) if todo else (0, 0)
+    faults.point("validate-end")
     warnings = (
         []
         if mode == "wal" or not todo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from liteshift import faults
 from liteshift import migrations as mig
 from liteshift.config import RunConfig
 from liteshift.db import connection
@@ -39,6 +40,7 @@ def verify_indexes(cfg: RunConfig, declared: dict[str, mig.IndexDef]) -> list[In
                     "drop the old index of that name, then run again",
                 )
             found.append(IndexReport(name, live.table, live.describe()))
+    faults.point("verify-indexes-done")
     return found
 
 
