@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import os
 import sqlite3
 import threading
@@ -50,9 +52,10 @@ def backup_path_for(db: Path, directory: Path, now: datetime | None = None) -> P
 
 def backup_database(cfg: RunConfig, on_progress: Progress | None = None) -> Backup:
     """Copy the live database with the backup API, verify the copy, and only then name it."""
+    remove_stale_partials(cfg.database, cfg.backup_directory)
     final = backup_path_for(cfg.database, cfg.backup_directory)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    _create_private(partial)
+    claim = _create_private(partial)  # flocked until this process ends: the partial is ours
     faults.point("backup-partial-created")
     try:
         with connection(cfg.database, cfg.busy_timeout_ms) as src:
@@ -73,11 +76,34 @@ def backup_database(cfg: RunConfig, on_progress: Progress | None = None) -> Back
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(claim)
     size = final.stat().st_size
     return Backup(str(final), size, seconds, size / 1e6 / max(seconds, 1e-9), counts, verify_seconds)
 
 
-def _create_private(path: Path) -> None:
+def remove_stale_partials(db: Path, directory: Path) -> list[Path]:
+    """Delete this database's <db>.backup-*.partial files whose writer died (nobody flocks them)."""
+    removed = []
+    for path in directory.glob(f"{glob.escape(db.name)}.backup-*{PARTIAL_SUFFIX}"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live run is still writing it
+        finally:
+            os.close(fd)
+        for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+            leftover.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _create_private(path: Path) -> int:
+    """Create the file 0600 and hold an exclusive flock on it; return the descriptor."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except OSError as exc:
@@ -86,8 +112,9 @@ def _create_private(path: Path) -> None:
             exc.strerror or str(exc),
             "check that the backup directory exists, is writable and has space",
         ) from exc
-    os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     os.chmod(path, 0o600)
+    return fd
 
 
 def _copy(src: sqlite3.Connection, partial: Path, total: int, on_progress: Progress | None) -> None:

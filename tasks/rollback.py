@@ -17,6 +17,7 @@ from liteshift.db import (
     pragma_check,
 )
 from liteshift.errors import CheckFailed, RollbackRefused
+from tasks.backup import PARTIAL_SUFFIX
 from tasks.common import step_task
 
 
@@ -114,6 +115,7 @@ def _restore(
             f"backup {backup or '(none recorded)'} is not there",
             "write a down section for the migration, or restore a backup by hand",
         )
+    _check_backup(backup, busy_timeout_ms)
     data = json.loads(rows[0].fingerprint or "{}")
     with connection(database, busy_timeout_ms) as con:
         now = fingerprint(con)
@@ -127,6 +129,28 @@ def _restore(
             faults.point("rollback-before-restore")
             src.backup(con, pages=-1, progress=lambda *_: faults.point("rollback-restoring"))
     return Rollback("restore", [r.version for r in rows], f"restored the backup {backup}")
+
+
+def _check_backup(backup: str, busy_timeout_ms: int) -> None:
+    """Never restore an unfinished (.partial) or damaged backup over the live database."""
+    if backup.endswith(PARTIAL_SUFFIX):
+        raise RollbackRefused(
+            f"Refusing to restore {backup}",
+            "a .partial file is a backup that was never finished and verified",
+            "pass a backup without the .partial suffix, or keep the database as it is",
+        )
+    # Read-write like the restore itself: a WAL-header copy opened read-only leaves -wal/-shm behind.
+    with connection(backup, busy_timeout_ms) as con:
+        try:
+            problems = pragma_check(con, "quick_check")
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+    if problems:
+        raise RollbackRefused(
+            f"Refusing to restore {backup}",
+            f"the backup fails quick_check: {problems[0]}",
+            "the database was not changed; restore an older good backup by hand",
+        )
 
 
 def _verify(database: Path, todo: list[mig.Migration], busy_timeout_ms: int) -> list[str]:

@@ -1,0 +1,155 @@
+"""Fixtures of the reliability suite: databases from a factory, and real `liteshift run` processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from liteshift.demo import build_demo_db
+
+from checks import BIN
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long matrix runs only when asked for: `pytest -m slow` (see `make reliability`)."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="long matrix: run with `make reliability` (pytest -m slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def new_db(tmp_path: Path) -> Callable[..., Path]:
+    """Build a demo worklog database: make_db(rows=2000, wal=True, name='w.db', directory=tmp_path)."""
+
+    def make(rows: int = 2000, wal: bool = True, name: str = "w.db", directory: Path | None = None) -> Path:
+        path = (directory or tmp_path) / name
+        return build_demo_db(path, rows, wal=wal)
+
+    return make
+
+
+@pytest.fixture
+def make_migrations(tmp_path: Path) -> Callable[..., Path]:
+    """A migrations directory holding the given {file name: text}; '001' copies the project's 001."""
+    count = 0
+
+    def make(files: dict[str, str]) -> Path:
+        nonlocal count
+        count += 1
+        directory = tmp_path / f"migrations-{count}"
+        directory.mkdir()
+        for name, text in files.items():
+            (directory / name).write_text(text, "utf-8")
+        return directory
+
+    return make
+
+
+@pytest.fixture
+def record() -> Callable[..., None]:
+    """Append one scenario's outcome to $LITESHIFT_RESULTS (JSON lines) when it is set."""
+
+    def write(**fields: Any) -> None:
+        target = os.environ.get("LITESHIFT_RESULTS")
+        if target:
+            with open(target, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(fields) + "\n")
+
+    return write
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One local `prefect server` (loopback) shared by every `liteshift run` of the session.
+
+    A run against it costs ~3-4 s instead of the ~8 s of an embedded API per process, and
+    concurrent runs do not fight over one embedded API database. Stopped by its PID at the end.
+    """
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }
+    env.pop("PREFECT_API_URL", None)
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"prefect server did not start; see {home / 'server.log'}") from None
+                time.sleep(0.5)
+        yield {**env, "PREFECT_API_URL": url}
+    finally:
+        _stop(server)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """TERM the process group we started, wait, then KILL it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def run_cli(prefect_env: dict[str, str], tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `liteshift ARGS` as a real process; kill_at sets LITESHIFT_KILL_AT."""
+
+    def run(
+        *args: str | Path,
+        kill_at: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 600,
+    ) -> subprocess.CompletedProcess[str]:
+        full = {**prefect_env, **(env or {})}
+        full.pop("LITESHIFT_KILL_AT", None)
+        if kill_at:
+            full["LITESHIFT_KILL_AT"] = kill_at
+        return subprocess.run(
+            [str(BIN / "liteshift"), *map(str, args)],
+            env=full,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
