@@ -125,10 +125,23 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
     report.warnings += v.warnings
     if not v.pending:
         report.status = "nothing-to-do"
+        report.warnings += _dead_run_warning(cfg)
         logger.info("Nothing to migrate in %s: %s applied", cfg.database, len(v.applied))
         return
     with lock.held(cfg.database, cfg.busy_timeout_ms):
         _locked_pipeline(cfg, report, v)
+
+
+def _dead_run_warning(cfg: RunConfig) -> list[str]:
+    """A run killed after its commit leaves its lock row: clear it and say the run never finished."""
+    dead = lock.clear_stale(cfg.database, cfg.busy_timeout_ms)
+    if dead is None:
+        return []
+    return [
+        f"a previous run (host {dead.host} pid {dead.pid}) died while holding the lock; its lock "
+        "was cleared. Its migrations are applied, but its verification and report may be missing: "
+        "check the indexes and the last report"
+    ]
 
 
 def _locked_pipeline(cfg: RunConfig, report: RunReport, v: Any) -> None:

@@ -97,6 +97,19 @@ def acquire(database: Path, busy_timeout_ms: int = 5000, stale_after_s: float = 
     return me
 
 
+def clear_stale(database: Path, busy_timeout_ms: int = 5000, stale_after_s: float = 300.0) -> Holder | None:
+    """Remove the lock row of a run that died holding it; return that run, or None."""
+    with connection(database, busy_timeout_ms) as con:
+        begin_immediate(con, database, busy_timeout_ms)
+        dead = read_holder(con)
+        if dead is None or not dead.is_stale(time.time(), stale_after_s):
+            con.execute("ROLLBACK")
+            return None
+        con.execute(f"DELETE FROM {LOCK_TABLE} WHERE id = 1 AND token = ?", (dead.token,))
+        con.execute("COMMIT")
+    return dead
+
+
 def release(database: Path, token: str, busy_timeout_ms: int = 5000) -> None:
     """Remove the lock row if it is still ours."""
     with connection(database, busy_timeout_ms) as con:
