@@ -23,7 +23,8 @@ TXN_RE = re.compile(
 )
 FORBIDDEN_RE = re.compile(r"^(VACUUM|ATTACH|DETACH|ROLLBACK|SAVEPOINT|RELEASE|PRAGMA)\b", re.I)
 CREATE_INDEX_RE = re.compile(
-    r"^CREATE\s+(UNIQUE\s+)?INDEX\s+(IF\s+NOT\s+EXISTS\s+)?(?P<name>\"[^\"]+\"|`[^`]+`|\[[^\]]+\]|[\w$]+)",
+    r"^CREATE\s+(UNIQUE\s+)?INDEX\s+(IF\s+NOT\s+EXISTS\s+)?"
+    r"(?P<name>\"(?:[^\"]|\"\")+\"|`(?:[^`]|``)+`|\[[^\]]+\]|[\w$]+)",
     re.IGNORECASE,
 )
 
@@ -67,7 +68,7 @@ def unquote(name: str) -> str:
     """Remove SQL identifier quotes."""
     if name[:1] in '"`[' and len(name) >= 2:
         inner = name[1:-1]
-        return inner.replace('""', '"') if name[0] == '"' else inner
+        return inner.replace(name[0] * 2, name[0]) if name[0] in '"`' else inner
     return name
 
 

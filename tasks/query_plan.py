@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from liteshift import faults
 from liteshift import migrations as mig
 from liteshift.config import RunConfig
-from liteshift.db import connection
+from liteshift.db import connection, quote_ident
 from liteshift.errors import CheckFailed
 from tasks.common import step_task
 
@@ -138,7 +138,7 @@ def range_rewrite(sql: str) -> str | None:
 
 def index_columns(con: sqlite3.Connection, index: str) -> list[str]:
     """Key columns of an index, in order."""
-    return [str(r[2]) for r in con.execute(f'PRAGMA index_info("{index}")')]
+    return [str(r[2]) for r in con.execute(f"PRAGMA index_info({quote_ident(index)})")]
 
 
 def check_query(con: sqlite3.Connection, q: mig.Query, cfg: RunConfig, before: Timing | None) -> QueryResult:
