@@ -21,7 +21,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import ValidationError
 
 from flows.rollback import rollback_migration
-from liteshift import faults, lock
+from liteshift import faults, guard, lock
 from liteshift import migrations as mig
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput
@@ -93,6 +93,8 @@ def migrate_database(
         bench_min_runs=bench_min_runs,
         bench_budget_s=bench_budget_s,
     )
+    if guard.is_deployment_run():  # before anything, even a report, is written
+        guard.check_deployment_paths(cfg)
     report = RunReport(database=str(cfg.database), flow_run_id=str(flow_run.id) if flow_run.id else None)
     try:
         _pipeline(cfg, report)

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from liteshift import guard
 from liteshift.config import DEFAULT_MIGRATIONS_DIR
 from liteshift.report import slug
 from tasks.rollback import rollback
@@ -29,6 +30,8 @@ def rollback_migration(
 ) -> dict[str, Any]:
     """Undo a migration (default: the last applied batch) and verify the database afterwards."""
     logger = get_run_logger()
+    if guard.is_deployment_run():
+        guard.check_rollback_paths(database, migrations_dir or DEFAULT_MIGRATIONS_DIR, backup_path)
     result = rollback(
         Path(database), Path(migrations_dir or DEFAULT_MIGRATIONS_DIR), versions, backup_path, busy_timeout_ms
     )

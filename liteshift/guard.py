@@ -1,0 +1,73 @@
+"""Where a deployment run may read and write: its parameters come from anyone with the UI or API.
+
+A command-line run trusts the paths its user typed. A deployment run accepts only paths under the
+allowed roots (LITESHIFT_ALLOWED_ROOTS, separated like PATH; default: the project's data/), and
+migrations only from the project's migrations/ or an allowed root. Symlinks and '..' are resolved
+before comparing, and the check runs before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from liteshift.config import DEFAULT_MIGRATIONS_DIR, RunConfig
+from liteshift.errors import BadInput
+
+ENV = "LITESHIFT_ALLOWED_ROOTS"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT_ROOT / "data"
+REPORTS_DIR = PROJECT_ROOT / "reports"
+
+
+class PathNotAllowed(BadInput):
+    """A deployment run named a path outside the allowed roots."""
+
+
+def allowed_roots() -> list[Path]:
+    """The configured roots, resolved; the project's data/ when none is configured."""
+    raw = [p for p in os.environ.get(ENV, "").split(os.pathsep) if p.strip()]
+    return [Path(os.path.realpath(p)) for p in raw] or [Path(os.path.realpath(DATA_DIR))]
+
+
+def is_under(path: Path | str, root: Path | str) -> bool:
+    """True when path, with symlinks and '..' resolved, is root or lies inside it."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([real, top]) == top
+
+
+def require_under(path: Path | str, what: str, roots: list[Path]) -> None:
+    """Refuse a path outside every root, naming the resolved path and the roots."""
+    if any(is_under(path, root) for root in roots):
+        return
+    raise PathNotAllowed(
+        f"The {what} {path} is outside the allowed roots",
+        f"it resolves to {os.path.realpath(path)}; a deployment run may only use "
+        f"{os.pathsep.join(str(r) for r in roots)}",
+        f"move it under an allowed root, or add its directory to {ENV} where the worker runs",
+    )
+
+
+def check_deployment_paths(cfg: RunConfig) -> None:
+    """Every path a deployment run reads or writes must lie under an allowed root."""
+    roots = allowed_roots()
+    require_under(cfg.database, "database", roots)
+    require_under(cfg.backup_directory, "backup directory", roots)
+    require_under(cfg.report_dir, "report directory", [*roots, REPORTS_DIR])
+    require_under(cfg.migrations_dir, "migrations directory", [*roots, DEFAULT_MIGRATIONS_DIR])
+
+
+def check_rollback_paths(database: str, migrations_dir: Path | str, backup_path: str | None) -> None:
+    """The rollback deployment's paths: the same roots as a migration run."""
+    roots = allowed_roots()
+    require_under(database, "database", roots)
+    require_under(migrations_dir, "migrations directory", [*roots, DEFAULT_MIGRATIONS_DIR])
+    if backup_path:
+        require_under(backup_path, "backup", roots)
+
+
+def is_deployment_run() -> bool:
+    """True inside a flow run started from a deployment (or its subflow); a CLI run has no deployment."""
+    from prefect.runtime import deployment
+
+    return bool(deployment.id)
