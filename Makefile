@@ -31,3 +31,8 @@ test: lint typecheck
 
 clean:
 	rm -rf $(VENV) .prefect data reports .mypy_cache .ruff_cache .pytest_cache
+
+# The long reliability matrix (every kill point, concurrent writers): see docs/RELIABILITY.md.
+.PHONY: reliability
+reliability: install
+	$(BIN)/pytest -m "slow or not slow" tests/reliability

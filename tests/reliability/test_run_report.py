@@ -75,7 +75,7 @@ def _row_values(db: Path) -> set[str]:
         con.close()
 
 
-def test_report_and_artifacts_carry_no_row_data(journal_mode_run):
+def test_report_and_artifacts_carry_no_row_data(journal_mode_run, prefect_env):
     """Emails, comments and issue keys from the rows never reach the report files.
 
     The declared queries' literals ('user@example.com') come from the sidecar files in migrations/,
@@ -89,6 +89,8 @@ def test_report_and_artifacts_carry_no_row_data(journal_mode_run):
         "json": md.with_suffix(".json").read_text(),
         "stdout": proc.stdout,
     }
+    texts["artifacts"] = _artifacts_text(prefect_env["PREFECT_API_URL"])
+    assert "liteshift execution report" in texts["artifacts"]
     sidecars = " ".join(p.read_text() for p in DEFAULT_MIGRATIONS_DIR.glob("*.toml"))
     secrets = {v for v in _row_values(db) if v not in sidecars}
     assert len(secrets) > 100
@@ -96,6 +98,17 @@ def test_report_and_artifacts_carry_no_row_data(journal_mode_run):
         leaked = sorted(v for v in secrets if v in text)
         assert leaked == [], f"row data in the {where}: {leaked[:5]}"
     assert json.loads(texts["json"])["database"] == str(db)
+
+
+def _artifacts_text(api: str) -> str:
+    """Every artifact the Prefect API holds for this session's runs, as one text."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{api}/artifacts/filter", data=b"{}", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.dumps(json.loads(response.read()))
 
 
 def test_cli_bad_input_exits_2_with_error_and_try_lines(run_cli, tmp_path):
