@@ -14,19 +14,14 @@ from typing import Any
 from liteshift.config import DEFAULT_MIGRATIONS_DIR
 
 BIN = Path(sys.executable).parent
-
-
 MIG_001 = DEFAULT_MIGRATIONS_DIR / "001_add_composite_indexes.sql"
-
-
 CREATED_001 = (
     "idx_worklogs_user_range",
     "idx_worklogs_instance_range",
     "idx_billing_rates_lookup",
     "idx_factorial_leaves_company_status",
 )
-
-
+# A declared query no index can serve: the run fails after the commit and rolls back.
 UNSERVED_SIDECAR = """[[query]]
 name = "comment_lookup"
 sql = "SELECT id FROM worklogs WHERE comment = 'no such comment'"

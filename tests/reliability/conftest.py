@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from liteshift.demo import build_demo_db
-
 from checks import BIN
+
+from liteshift.demo import build_demo_db
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
