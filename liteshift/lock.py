@@ -100,11 +100,10 @@ def acquire(database: Path, busy_timeout_ms: int = 5000, stale_after_s: float = 
 def clear_stale(database: Path, busy_timeout_ms: int = 5000, stale_after_s: float = 300.0) -> Holder | None:
     """Remove the lock row of a run that died holding it; return that run, or None."""
     with connection(database, busy_timeout_ms) as con:
-        begin_immediate(con, database, busy_timeout_ms)
-        dead = read_holder(con)
+        dead = read_holder(con)  # no write lock unless there is something to clear
         if dead is None or not dead.is_stale(time.time(), stale_after_s):
-            con.execute("ROLLBACK")
             return None
+        begin_immediate(con, database, busy_timeout_ms)
         con.execute(f"DELETE FROM {LOCK_TABLE} WHERE id = 1 AND token = ?", (dead.token,))
         con.execute("COMMIT")
     return dead
