@@ -359,3 +359,20 @@ def test_backup_directory_on_a_full_file_system(new_db, tmp_path):
         assert sorted(p.name for p in backups.iterdir()) == ["filler"], "no partial backup is left"
     unchanged(db, before)
     assert user_content(snapshot(db)) == user_content(before)
+
+
+def test_a_damaged_backup_is_never_restored(new_db, make_migrations):
+    db = new_db(2000, wal=False)
+    migs = make_migrations({"001_idx.sql": "-- migrate:up\nCREATE INDEX idx_a ON worklogs(issue_key);\n"})
+    cfg = RunConfig(database=db, migrations_dir=migs)
+    b = backup_database(cfg)
+    migrate_database(cfg, b.path, b.fingerprint)  # no down: the rollback would restore the backup
+    _damage(Path(b.path), 20, "flip")
+    before = snapshot(db)
+    with pytest.raises(RollbackRefused) as exc:
+        rollback_database(db, migs)
+    assert str(exc.value) == (
+        f"Refusing to restore {b.path}: the backup fails quick_check: database disk image is malformed. "
+        "Try: the database was not changed; restore an older good backup by hand"
+    )
+    unchanged(db, before)
