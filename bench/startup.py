@@ -1,0 +1,262 @@
+"""The fixed cost of a run: wall time of `liteshift run` with nothing to migrate, several ways.
+
+Each case is a separate process started from this script (like a shell would), timed with
+perf_counter around the whole process, its peak RSS read with os.wait4. Cases alternate run by
+run so machine noise hits them alike; the median of --repeat runs is reported.
+
+    .venv/bin/python bench/startup.py --repeat 7
+    .venv/bin/python bench/startup.py --repeat 5 --case liteshift-ephemeral \
+        --variant 'no-heartbeat:PREFECT_FLOWS_HEARTBEAT_FREQUENCY=' ...
+
+Everything runs under bench/out/startup (its own PREFECT_HOME); a server this script starts
+listens on 127.0.0.1 only and is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+OUT = ROOT / "bench" / "out" / "startup"
+
+PLAIN_FLOW = """
+from prefect import flow, task
+
+@task
+def step() -> int:
+    return 1
+
+@flow
+def plain() -> int:
+    return step()
+
+plain()
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS (MB) and exit code of one process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=OUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        print(f"  exit {proc.returncode}: {' '.join(cmd)}\n{err[-2000:]}", file=sys.stderr)
+    return wall, usage.ru_maxrss / 1024, proc.returncode
+
+
+def base_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(home)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`prefect server start` on a free loopback port; returns the process and its API URL."""
+    port = free_port()
+    env = base_env(home)
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    log = (OUT / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    stop(proc)
+    raise SystemExit("prefect server did not become healthy in 120 s; see bench/out/startup/server.log")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process we started, by its PID (its own session): TERM, wait, then KILL."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def ui_view(home: Path) -> dict[str, int]:
+    """What the UI would show for the newest flow run in this PREFECT_HOME's API database."""
+    db = home / "prefect.db"
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = con.execute("SELECT id, state_type FROM flow_run ORDER BY created DESC LIMIT 1").fetchone()
+        if not row:
+            return {}
+        fid = row[0]
+        return {
+            "task_runs": con.execute(
+                "SELECT count(*) FROM task_run WHERE flow_run_id = ?", (fid,)
+            ).fetchone()[0],
+            "artifacts": con.execute(
+                "SELECT count(*) FROM artifact WHERE flow_run_id = ?", (fid,)
+            ).fetchone()[0],
+            "logs": con.execute("SELECT count(*) FROM log WHERE flow_run_id = ?", (fid,)).fetchone()[0],
+            "final_state": row[1],
+        }
+    finally:
+        con.close()
+
+
+def prepare_db() -> Path:
+    """A 100,000-row demo database with every migration applied: a run has nothing to do."""
+    from liteshift.demo import build_demo_db
+    from liteshift.migrations import TRACKING_DDL, load_migrations
+
+    db = OUT / "small.db"
+    if db.exists():
+        return db
+    build_demo_db(db, 100_000, seed=1)
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute(TRACKING_DDL)
+    for m in load_migrations(ROOT / "migrations"):
+        for stmt in m.up:
+            con.execute(stmt)
+        con.execute(
+            "INSERT INTO liteshift_migrations (version, name, checksum, applied_at, duration_s, batch) "
+            "VALUES (?, ?, ?, datetime('now'), 0, 'bench')",
+            (m.version, m.name, m.checksum),
+        )
+    con.close()
+    return db
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--fresh-repeat", type=int, default=3, help="runs on a fresh PREFECT_HOME")
+    p.add_argument(
+        "--case",
+        action="append",
+        help="plain-flow, liteshift-ephemeral, liteshift-fresh-home, liteshift-server, status (default: all)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:K=V,K=V -- liteshift-ephemeral with these extra environment settings",
+    )
+    p.add_argument("--json", type=Path, help="write the results here as JSON")
+    args = p.parse_args()
+    cases = args.case or [
+        "status",
+        "plain-flow",
+        "liteshift-ephemeral",
+        "liteshift-server",
+        "liteshift-fresh-home",
+    ]
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    db = prepare_db()
+    home = OUT / "home"
+    (OUT / "plain_flow.py").write_text(PLAIN_FLOW)
+    run_cmd = [str(BIN / "liteshift"), "run", "--database", str(db), "--report-dir", str(OUT / "reports")]
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+    for case in cases:
+        if case == "status":
+            commands[case] = ([str(BIN / "liteshift"), "status", "--database", str(db)], base_env(home))
+        elif case == "plain-flow":
+            commands[case] = ([sys.executable, str(OUT / "plain_flow.py")], base_env(home))
+        elif case in ("liteshift-ephemeral", "liteshift-server"):
+            commands[case] = (run_cmd, base_env(home))
+    for spec in args.variant:
+        name, _, pairs = spec.partition(":")
+        env = base_env(home)
+        for pair in filter(None, pairs.split(",")):
+            key, _, value = pair.partition("=")
+            env[key] = value
+        commands[name] = (run_cmd, env)
+
+    server = None
+    if "liteshift-server" in commands:
+        server_home = OUT / "server-home"
+        server, url = start_server(server_home)
+        commands["liteshift-server"][1]["PREFECT_API_URL"] = url
+        print(f"server: {url} (pid {server.pid})", file=sys.stderr)
+    results: dict[str, dict[str, object]] = {}
+    try:
+        for cmd, env in commands.values():  # warm-up: first use of the home, caches
+            timed(cmd, env)
+        samples: dict[str, list[tuple[float, float, int]]] = {n: [] for n in commands}
+        for i in range(args.repeat):
+            for name, (cmd, env) in commands.items():
+                samples[name].append(timed(cmd, env))
+                print(f"  run {i + 1} {name}: {samples[name][-1][0]:.2f} s", file=sys.stderr)
+        for name, runs in samples.items():
+            results[name] = summarize(runs)
+            if name.startswith("liteshift") and name != "liteshift-server":
+                results[name]["ui"] = ui_view(home)
+        if server is not None:
+            results["liteshift-server"]["ui"] = ui_view(OUT / "server-home")
+    finally:
+        if server is not None:
+            stop(server)
+    if "liteshift-fresh-home" in cases:
+        runs = []
+        for _ in range(args.fresh_repeat):
+            fresh = Path(tempfile.mkdtemp(prefix="home-", dir=OUT))
+            runs.append(timed(run_cmd, base_env(fresh)))
+            shutil.rmtree(fresh)
+        results["liteshift-fresh-home"] = summarize(runs)
+    print(f"{'case':<28} {'runs':>4} {'median s':>9} {'min s':>7} {'max s':>7} {'peak RSS MB':>11}  ui")
+    for name, r in results.items():
+        print(
+            f"{name:<28} {r['runs']:>4} {r['median_s']:>9.2f} {r['min_s']:>7.2f} {r['max_s']:>7.2f} "
+            f"{r['rss_mb']:>11.0f}  {r.get('ui', '')}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def summarize(runs: list[tuple[float, float, int]]) -> dict[str, object]:
+    walls = [w for w, _, _ in runs]
+    return {
+        "runs": len(runs),
+        "median_s": round(statistics.median(walls), 3),
+        "min_s": round(min(walls), 3),
+        "max_s": round(max(walls), 3),
+        "rss_mb": round(statistics.median(r for _, r, _ in runs), 1),
+        "failures": sum(1 for *_, rc in runs if rc != 0),
+    }
+
+
+if __name__ == "__main__":
+    main()
