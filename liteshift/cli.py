@@ -10,7 +10,7 @@ from typing import Any
 
 from liteshift.config import DEFAULT_MIGRATIONS_DIR
 from liteshift.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, MigrationError
-from liteshift.runtime import configure_prefect
+from liteshift.runtime import command_settings, configure_prefect, connect_api
 
 DEMO_DB = Path("data/worklog_storage.db")
 
@@ -111,10 +111,13 @@ def _opt(value: Path | None) -> str | None:
 
 def _run_flow(params: dict[str, Any], as_json: bool) -> int:
     configure_prefect()
+    api = connect_api()  # an embedded API server starts now, while we import
     from flows.migrate import migrate_database
 
+    api.wait()
     try:
-        summary = migrate_database(**params)
+        with command_settings():
+            summary = migrate_database(**params)
     except Exception as exc:
         report = getattr(exc, "liteshift_report", None)
         summary = report.summary() if report is not None else {"status": "failed", "error": str(exc)}
@@ -213,12 +216,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Undo the last applied batch through the rollback-migration flow."""
-    configure_prefect()
-    from flows.rollback import rollback_migration
     from liteshift.db import check_is_sqlite_file
 
     check_is_sqlite_file(args.database)
-    result = rollback_migration(str(args.database), str(args.migrations), None, args.backup)
+    configure_prefect()
+    api = connect_api()
+    from flows.rollback import rollback_migration
+
+    api.wait()
+    with command_settings():
+        result = rollback_migration(str(args.database), str(args.migrations), None, args.backup)
     if args.json:
         print(json.dumps(result))
     else:
