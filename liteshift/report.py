@@ -44,6 +44,7 @@ class RunReport:
     backup: dict[str, Any] | None = None
     lock_seconds: float | None = None
     lock_wait_seconds: float | None = None
+    checkpoint_seconds: float | None = None
     journal_mode: str | None = None
     indexes: list[dict[str, Any]] = field(default_factory=list)
     index_bytes: dict[str, int] = field(default_factory=dict)
@@ -144,6 +145,10 @@ def render_markdown(r: RunReport) -> str:
             "",
             f"- Write lock held: {r.lock_seconds:.3f} s (waited {r.lock_wait_seconds or 0:.3f} s to get it)",
         ]
+        if r.checkpoint_seconds is not None:
+            lines.append(
+                f"- WAL checkpoint after the commit: {r.checkpoint_seconds:.3f} s (writers are not blocked)"
+            )
     if r.indexes:
         lines += ["", "## Indexes", "", "| Index | Definition | Size |", "|---|---|---|"]
         lines += [
@@ -178,6 +183,10 @@ def render_markdown(r: RunReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _batched(timing: dict[str, Any] | None) -> bool:
+    return bool(timing and timing.get("batch", 1) > 1)
+
+
 def _query_section(queries: list[dict[str, Any]]) -> list[str]:
     lines = [
         "",
@@ -196,6 +205,13 @@ def _query_section(queries: list[dict[str, Any]]) -> list[str]:
             f"| {_ms(b, 'p50_ms')} / {_ms(b, 'p95_ms')} | {_ms(a, 'p50_ms')} / {_ms(a, 'p95_ms')} "
             f"| {runs} |"
         )
+    batched = [q["name"] for q in queries for t in (q.get("before"), q.get("after")) if _batched(t)]
+    if batched:
+        lines += [
+            "",
+            "Runs count executions. Queries faster than 0.2 ms are timed in batches "
+            f"({', '.join(dict.fromkeys(batched))}): their p50 / p95 are of per-batch means.",
+        ]
     for q in queries:
         if q.get("suggestion"):
             t = q.get("suggestion_timing") or {}
