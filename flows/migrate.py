@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -34,6 +35,7 @@ from tasks.validate import validate
 from tasks.verify_indexes import verify
 
 T = TypeVar("T")
+_PROGRESS_POSTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liteshift-progress")
 
 
 def _run_name() -> str:
@@ -192,6 +194,7 @@ def _after_backup(
     )
     report.applied, report.lock_seconds = a.applied, a.lock_seconds
     report.lock_wait_seconds = a.lock_wait_seconds
+    report.checkpoint_seconds = a.checkpoint_seconds
     idx = _step(
         report,
         "verify-indexes",
@@ -241,7 +244,9 @@ def _progress(cfg: RunConfig, what: str) -> Callable[[float], None] | None:
         return None
 
     def update(fraction: float) -> None:
-        update_progress_artifact(cast(UUID, artifact_id), round(fraction * 100, 1))
+        # Posted from a thread: the migrate step calls this while it holds the write lock, and an
+        # API round trip must not lengthen the lock.
+        _PROGRESS_POSTER.submit(update_progress_artifact, cast(UUID, artifact_id), round(fraction * 100, 1))
 
     return update
 
