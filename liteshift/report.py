@@ -136,7 +136,7 @@ def render_markdown(r: RunReport) -> str:
             f"- File: `{b['path']}`",
             f"- Size: {_mb(b['bytes'])}; copied in {b['seconds']:.3f} s "
             f"({b['mb_per_s']:.0f} MB/s); verified (quick_check, rows per table) in "
-            f"{b['verify_seconds']:.3f} s",
+            f"{b['verify_seconds']:.3f} s; fsync {b.get('sync_seconds', 0):.3f} s",
         ]
     if r.lock_seconds is not None:
         lines += [

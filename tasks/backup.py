@@ -33,6 +33,7 @@ class Backup:
     mb_per_s: float
     fingerprint: dict[str, list[int]]  # per table: [rows, max rowid] at backup time
     verify_seconds: float
+    sync_seconds: float = 0.0  # fsync of the copy and its directory
 
     @property
     def counts(self) -> dict[str, int]:
@@ -68,10 +69,12 @@ def backup_database(cfg: RunConfig, on_progress: Progress | None = None) -> Back
             src.execute("COMMIT")
         faults.point("backup-copied")
         verify_seconds = _verify(partial, counts)
+        sync_start = time.perf_counter()
         _fsync(partial)
         faults.point("backup-verified")
         os.replace(partial, final)
         _fsync(final.parent)
+        sync_seconds = time.perf_counter() - sync_start
         faults.point("backup-renamed")
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -79,7 +82,8 @@ def backup_database(cfg: RunConfig, on_progress: Progress | None = None) -> Back
     finally:
         os.close(claim)
     size = final.stat().st_size
-    return Backup(str(final), size, seconds, size / 1e6 / max(seconds, 1e-9), counts, verify_seconds)
+    mb_per_s = size / 1e6 / max(seconds, 1e-9)
+    return Backup(str(final), size, seconds, mb_per_s, counts, verify_seconds, sync_seconds)
 
 
 def remove_stale_partials(db: Path, directory: Path) -> list[Path]:
