@@ -172,7 +172,8 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="NAME:K=V,K=V -- liteshift-ephemeral with these extra environment settings",
+        help="NAME:K=V,K=V -- liteshift run with these extra environment settings; a NAME starting "
+        "with server- runs against the server (PREFECT_API_URL), local- lets liteshift find it",
     )
     p.add_argument("--json", type=Path, help="write the results here as JSON")
     args = p.parse_args()
@@ -209,7 +210,11 @@ def main() -> None:
     if "liteshift-server" in commands:
         server_home = OUT / "server-home"
         server, url = start_server(server_home)
-        commands["liteshift-server"][1]["PREFECT_API_URL"] = url
+        for name, (_, env) in commands.items():
+            if name == "liteshift-server" or name.startswith("server-"):
+                env["PREFECT_API_URL"] = url
+            elif name.startswith("local-"):  # found by liteshift itself, PREFECT_API_URL unset
+                env["LITESHIFT_LOCAL_API"] = url
         print(f"server: {url} (pid {server.pid})", file=sys.stderr)
     results: dict[str, dict[str, object]] = {}
     try:
@@ -222,10 +227,9 @@ def main() -> None:
                 print(f"  run {i + 1} {name}: {samples[name][-1][0]:.2f} s", file=sys.stderr)
         for name, runs in samples.items():
             results[name] = summarize(runs)
-            if name.startswith("liteshift") and name != "liteshift-server":
-                results[name]["ui"] = ui_view(home)
-        if server is not None:
-            results["liteshift-server"]["ui"] = ui_view(OUT / "server-home")
+            if name.startswith(("liteshift", "local-", "server-")) or name in args_variants(args):
+                server_side = name == "liteshift-server" or name.startswith(("server-", "local-"))
+                results[name]["ui"] = ui_view(OUT / "server-home" if server_side else home)
     finally:
         if server is not None:
             stop(server)
@@ -244,6 +248,10 @@ def main() -> None:
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def args_variants(args: argparse.Namespace) -> set[str]:
+    return {spec.partition(":")[0] for spec in args.variant}
 
 
 def summarize(runs: list[tuple[float, float, int]]) -> dict[str, object]:
