@@ -34,7 +34,7 @@ class RunConfig(BaseModel):
     bench_min_runs: int = Field(7, ge=1, description="Fewest timed runs of each declared query.")
     bench_max_runs: int = Field(200, ge=1, description="Most timed runs of each declared query.")
     bench_budget_s: float = Field(
-        0.25, ge=0, description="Time spent timing each query, per phase, once min runs are done."
+        1.0, ge=0, description="Time spent timing each query, per phase, once min runs are done."
     )
 
     @field_validator("database", "migrations_dir", "report_dir", "backup_dir")

@@ -25,7 +25,7 @@ def test_defaults() -> None:
         "plan_check": "fail",
         "bench_min_runs": 7,
         "bench_max_runs": 200,
-        "bench_budget_s": 0.25,
+        "bench_budget_s": 1.0,
     }
     assert cfg.backup_directory == Path(".")
     assert (
