@@ -14,14 +14,16 @@ Where the flow run is recorded, cheapest first (bench/RESULTS.md has the measure
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from liteshift.errors import MigrationError
@@ -35,6 +37,7 @@ DEFAULTS = {
     "PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL": "CRITICAL",
 }
 LOCAL_API = "http://127.0.0.1:4200/api"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # The server Prefect's own ephemeral mode starts (prefect.server.api.server.SubprocessASGIServer).
 UVICORN = [sys.executable, "-m", "uvicorn", "--lifespan", "on", "--factory"]
 APP = "prefect.server.api.server:create_app"
@@ -76,7 +79,14 @@ def _start_embedded(port: int) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the CLI dies, even by SIGKILL, so no server is orphaned."""
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], api_url: str) -> bool:
