@@ -194,12 +194,12 @@ def plot(sizes: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     runs = {n: [_timings(r) for r in s["runs"]["pipeline"]] for n, s in sizes.items()}
     keys = list(next(iter(runs.values()))[0])
-    for name in dict.fromkeys(k[0] for k in keys):
+    for i, name in enumerate(dict.fromkeys(k[0] for k in keys)):
         for phase, style in (("before", "o--"), ("after", "o-"), ("range rewrite", "x:")):
             if (name, phase) not in keys:
                 continue
             ys = [med([r[(name, phase)]["p50_ms"] for r in runs[n]]) for n in sizes]
-            left.plot(ns, ys, style, label=f"{name} ({phase})")
+            left.plot(ns, ys, style, color=f"C{i}", label=f"{name} ({phase})")
     left.set(xscale="log", yscale="log", xlabel="worklog rows", ylabel="p50 latency, ms")
     left.set_title("Declared queries before / after migration 001")
     left.legend(fontsize=7)
