@@ -116,7 +116,7 @@ def _run_flow(params: dict[str, Any], as_json: bool) -> int:
 
     api.wait()
     try:
-        with command_settings():
+        with command_settings(api):
             summary = migrate_database(**params)
     except Exception as exc:
         report = getattr(exc, "liteshift_report", None)
@@ -224,7 +224,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from flows.rollback import rollback_migration
 
     api.wait()
-    with command_settings():
+    with command_settings(api):
         result = rollback_migration(str(args.database), str(args.migrations), None, args.backup)
     if args.json:
         print(json.dumps(result))

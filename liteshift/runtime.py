@@ -148,14 +148,16 @@ def connect_api() -> Api:
 
 
 @contextmanager
-def command_settings() -> Iterator[None]:
+def command_settings(api: Api) -> Iterator[None]:
     """Settings for a flow run started from the command line, applied around the call.
 
-    Flow-run heartbeats are off unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is exported: a sync flow
-    joins its heartbeat thread, which sleeps in 1 s steps, so every run ended up to 1 s later
-    (0.85 s measured). A heartbeat only serves an automation that marks silent runs crashed.
+    With the embedded API, flow-run heartbeats are off unless PREFECT_FLOWS_HEARTBEAT_FREQUENCY is
+    exported: a sync flow joins its heartbeat thread, which sleeps in 1 s steps, so every run ended
+    up to 1 s later (0.85 s measured), and the embedded server dies with the command, so no
+    automation could ever read them. Against a real server they stay as configured: there they
+    let the zombie-run automation mark a killed run Crashed.
     """
-    if "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
+    if api.mode != "embedded" or "PREFECT_FLOWS_HEARTBEAT_FREQUENCY" in os.environ:
         yield
         return
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
