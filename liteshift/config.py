@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from liteshift.window import parse_window
+
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -36,11 +38,30 @@ class RunConfig(BaseModel):
     bench_budget_s: float = Field(
         1.0, ge=0, description="Time spent timing each query, per phase, once min runs are done."
     )
+    maintenance_window: str | None = Field(
+        None,
+        description="Refuse to write outside this window, e.g. 'Sun 01:00-05:00 Europe/Berlin'; "
+        "None: any time.",
+    )
+    require_approval: bool = Field(
+        False, description="Pause after validation with the dry-run plan until a person approves."
+    )
+    approval_timeout_s: int = Field(3600, gt=0, description="How long a paused run waits for an answer.")
+    queue_timeout_s: float = Field(
+        600.0, ge=0, description="How long to wait while another run migrates the same database."
+    )
 
     @field_validator("database", "migrations_dir", "report_dir", "backup_dir")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(value).expanduser()
+
+    @field_validator("maintenance_window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value:
+            parse_window(value)  # a bad window fails here, before anything runs
+        return value or None
 
     @property
     def backup_directory(self) -> Path:
