@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=cmd_run)
 
+    plan = sub.add_parser("plan", help="dry run: rehearse the pending migrations on a copy")
+    _common(plan)
+    plan.add_argument(
+        "--backup-dir", type=Path, help="where the temporary copy goes (default: beside the db)"
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.set_defaults(func=cmd_plan)
+
     status = sub.add_parser("status", help="applied and pending migrations, and checksum drift")
     _common(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -176,6 +184,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"Building {db} with {args.rows:,} worklogs ...")
         build_demo_db(db, args.rows)
     return _run_flow({"database": str(db), "migrations_dir": str(DEFAULT_MIGRATIONS_DIR)}, args.json)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Rehearse the pending migrations on a copy and print what would change; write nothing."""
+    from liteshift.config import RunConfig
+    from tasks.plan import dry_run, render_plan
+
+    cfg = RunConfig.model_validate(
+        {"database": args.database, "migrations_dir": args.migrations, "backup_dir": args.backup_dir}
+    )
+    result = dry_run(cfg)
+    print(json.dumps(result.summary()) if args.json else render_plan(result), end="\n" if args.json else "")
+    return EXIT_FAILED if result.error else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -1,0 +1,174 @@
+"""The dry run: rehearse the pending migrations on a copy and report what would change.
+
+The copy is made with SQLite's backup API into a temporary directory beside the backups, the
+real migrate step runs on it (so the write-lock time is measured, not guessed), and the copy is
+deleted. The database itself is only read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from liteshift import migrations as mig
+from liteshift.config import RunConfig
+from liteshift.db import connection, page_bytes
+from liteshift.errors import MigrationError
+from tasks.common import step_task
+from tasks.migrate import migrate_database
+from tasks.query_plan import explain
+from tasks.validate import validate_database
+
+
+@dataclass
+class QueryChange:
+    """One declared query's plan before and after the rehearsal."""
+
+    name: str
+    expect_index: str | None
+    before: str
+    after: str
+    index_after: str | None
+
+    @property
+    def uses_expected(self) -> bool:
+        return self.expect_index is None or self.index_after == self.expect_index
+
+
+@dataclass
+class DryRun:
+    """What applying the pending migrations would do, measured on a copy."""
+
+    database: str
+    pending: list[str]
+    statements: dict[str, list[str]] = field(default_factory=dict)
+    indexes: dict[str, str] = field(default_factory=dict)
+    copy_seconds: float = 0.0
+    lock_seconds: float | None = None
+    size_before: int = 0
+    size_after: int | None = None
+    queries: list[QueryChange] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def growth_pct(self) -> float | None:
+        if not self.size_before or self.size_after is None:
+            return None
+        return 100.0 * (self.size_after - self.size_before) / self.size_before
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON object `liteshift plan --json` prints."""
+        growth = self.growth_pct
+        return {
+            "database": self.database,
+            "pending": self.pending,
+            "statements": self.statements,
+            "indexes": self.indexes,
+            "copy_seconds": round(self.copy_seconds, 4),
+            "lock_seconds": None if self.lock_seconds is None else round(self.lock_seconds, 4),
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "growth_pct": None if growth is None else round(growth, 2),
+            "queries": [{**q.__dict__, "uses_expected": q.uses_expected} for q in self.queries],
+            "warnings": self.warnings,
+            "error": self.error,
+        }
+
+
+def _plans(path: Path, queries: list[mig.Query]) -> dict[str, tuple[str, str | None]]:
+    """Query plan text and index of each query, read-only."""
+    with connection(path, readonly=True) as con:
+        return {q.name: _one_plan(con, q) for q in queries}
+
+
+def _one_plan(con: sqlite3.Connection, q: mig.Query) -> tuple[str, str | None]:
+    plan = explain(con, q.sql)
+    return "; ".join(plan.detail), plan.index
+
+
+def _copy(database: Path, target: Path, busy_timeout_ms: int) -> float:
+    """Copy the live database with the backup API (one step); return the seconds it took."""
+    start = time.perf_counter()
+    with connection(database, busy_timeout_ms) as src:
+        dst = sqlite3.connect(str(target), isolation_level=None)
+        try:
+            src.backup(dst, pages=-1)
+        finally:
+            dst.close()
+    return time.perf_counter() - start
+
+
+def dry_run(cfg: RunConfig) -> DryRun:
+    """Validate, then apply the pending migrations to a copy and measure what changes."""
+    v = validate_database(cfg)
+    result = DryRun(str(cfg.database), v.pending, size_before=v.size_bytes, warnings=list(v.warnings))
+    if not v.pending:
+        return result
+    todo = [m for m in mig.load_migrations(cfg.migrations_dir) if m.label in v.pending]
+    result.statements = {m.label: list(m.up) for m in todo}
+    result.indexes = {name: d.describe() for name, d in v.indexes.items()}
+    queries = [q for m in todo for q in m.queries]
+    before = _plans(cfg.database, queries)
+    with tempfile.TemporaryDirectory(prefix="liteshift-plan-", dir=cfg.backup_directory) as tmp:
+        copy = Path(tmp) / cfg.database.name
+        result.copy_seconds = _copy(cfg.database, copy, cfg.busy_timeout_ms)
+        try:
+            applied = migrate_database(cfg.model_copy(update={"database": copy}))
+        except MigrationError as exc:
+            result.error = exc.one_line()
+            return result
+        result.lock_seconds = applied.lock_seconds
+        after = _plans(copy, queries)
+        with connection(copy, readonly=True) as con:
+            result.size_after = page_bytes(con)
+    result.queries = [
+        QueryChange(q.name, q.expect_index, before[q.name][0], after[q.name][0], after[q.name][1])
+        for q in queries
+    ]
+    return result
+
+
+def render_plan(d: DryRun) -> str:
+    """The dry run as markdown: the approval form's description and `liteshift plan`'s output."""
+    name = Path(d.database).name
+    if not d.pending:
+        return f"# Dry run for {name}\n\nNothing to migrate: every migration is applied.\n"
+    lines = [f"# Dry run for {name}", "", f"- **Pending**: {', '.join(d.pending)}"]
+    if d.error:
+        lines += [f"- **Would FAIL**: {d.error}"]
+    if d.lock_seconds is not None:
+        lines.append(
+            f"- **Write lock**: held {d.lock_seconds:.3f} s on a copy (copied in {d.copy_seconds:.3f} s); "
+            "expect about this on the live file, longer when it is busy or not cached"
+        )
+    if d.size_after is not None:
+        lines.append(
+            f"- **Size**: {d.size_before / 1e6:.2f} MB -> {d.size_after / 1e6:.2f} MB "
+            f"(growth {d.growth_pct or 0:+.1f}%)"
+        )
+    lines += [f"- **Creates index** {n}: `{desc}`" for n, desc in d.indexes.items()]
+    lines += [f"- ⚠️ {w}" for w in d.warnings]
+    for label, stmts in d.statements.items():
+        lines += ["", f"## {label}", "", "```sql", *[s + ";" for s in stmts], "```"]
+    if d.queries:
+        lines += [
+            "",
+            "## Query plans",
+            "",
+            "| Query | Before | After | Expected index |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {q.name} | {q.before} | {q.after} | {q.expect_index or '—'} "
+            f"{'✅' if q.uses_expected else '❌ not used'} |"
+            for q in d.queries
+        ]
+    return "\n".join(lines) + "\n"
+
+
+plan = step_task(dry_run, "dry-run", retry=False)
