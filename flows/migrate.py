@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -24,12 +24,16 @@ from pydantic import ValidationError
 from flows.rollback import rollback_migration
 from liteshift import faults, guard, lock
 from liteshift import migrations as mig
+from liteshift.concurrency import one_run_per_database
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput
 from liteshift.report import RunReport, measure_sizes, render_markdown, slug
+from liteshift.window import enforce_window
+from tasks.approval import ask_approval
 from tasks.backup import backup
 from tasks.integrity import integrity
 from tasks.migrate import migrate
+from tasks.plan import plan, render_plan
 from tasks.query_plan import benchmark_before, query_plans
 from tasks.validate import validate
 from tasks.verify_indexes import verify
@@ -40,6 +44,15 @@ _PROGRESS_POSTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liteshi
 
 def _run_name() -> str:
     return f"migrate-{Path(str(flow_run.parameters.get('database', 'db'))).name}"
+
+
+def _tag_run(cfg: RunConfig) -> None:
+    """Tag the flow run with the database's name so the UI can filter runs by database."""
+    if not flow_run.id:
+        return
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(str(flow_run.id)))
+        client.update_flow_run(run.id, tags=sorted({*run.tags, "liteshift", f"db-{slug(cfg.database.name)}"}))
 
 
 def build_config(**params: Any) -> RunConfig:
@@ -79,6 +92,10 @@ def migrate_database(
     retry_delay_s: float | None = None,
     bench_min_runs: int | None = None,
     bench_budget_s: float | None = None,
+    maintenance_window: str | None = None,
+    require_approval: bool | None = None,
+    approval_timeout_s: int | None = None,
+    queue_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Validate, back up, migrate, verify indexes, check integrity, check plans; roll back on failure."""
     cfg = build_config(
@@ -94,9 +111,14 @@ def migrate_database(
         retry_delay_s=retry_delay_s,
         bench_min_runs=bench_min_runs,
         bench_budget_s=bench_budget_s,
+        maintenance_window=maintenance_window,
+        require_approval=require_approval,
+        approval_timeout_s=approval_timeout_s,
+        queue_timeout_s=queue_timeout_s,
     )
     if guard.is_deployment_run():  # before anything, even a report, is written
         guard.check_deployment_paths(cfg)
+    _tag_run(cfg)
     report = RunReport(database=str(cfg.database), flow_run_id=str(flow_run.id) if flow_run.id else None)
     try:
         _pipeline(cfg, report)
@@ -132,8 +154,20 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
         report.warnings += _dead_run_warning(cfg)
         logger.info("Nothing to migrate in %s: %s applied", cfg.database, len(v.applied))
         return
-    with lock.held(cfg.database, cfg.busy_timeout_ms):
-        _locked_pipeline(cfg, report, v)
+    if cfg.require_approval:
+        _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
+        dry = _step(report, "dry-run", lambda: plan(cfg), lambda d: d.error or f"{len(d.pending)} pending")
+        _step(
+            report,
+            "approval",
+            lambda: ask_approval(render_plan(dry), cfg.database, cfg.approval_timeout_s),
+            str,
+        )
+    with one_run_per_database(cfg.database, cfg.queue_timeout_s):
+        # Checked again once the slot is ours: queueing or approval may have outlasted the window.
+        _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
+        with lock.held(cfg.database, cfg.busy_timeout_ms):
+            _locked_pipeline(cfg, report, v)
 
 
 def _dead_run_warning(cfg: RunConfig) -> list[str]:
