@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test lint typecheck clean up down automations
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ typecheck: install
 
 test: lint typecheck
 	$(BIN)/pytest
+
+# A local Prefect server (127.0.0.1:$PREFECT_PORT, default 4200), the process pool "liteshift",
+# its worker and the deployments; PIDs and logs in .run/. `make down` stops exactly those PIDs.
+up: install
+	$(BIN)/python -m liteshift.stack up
+
+down:
+	$(BIN)/python -m liteshift.stack down
+
+# (Re)install the zombie-run automation on the server `make up` started.
+automations: install
+	$(BIN)/python -m liteshift.stack automations
 
 clean:
 	rm -rf $(VENV) .prefect data reports .mypy_cache .ruff_cache .pytest_cache
