@@ -1,0 +1,91 @@
+"""The deployment-facing options: defaults, one place of validation, and the prefect.yaml file."""
+
+from __future__ import annotations
+
+import inspect
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+
+from flows.migrate import build_config, migrate_database
+from flows.rollback import rollback_migration
+from liteshift.concurrency import limit_name
+from liteshift.config import RunConfig
+from liteshift.errors import BadInput
+from liteshift.window import WindowInvalid, enforce_window
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
+
+
+def test_deployment_option_defaults():
+    cfg = RunConfig.model_validate({"database": "x.db"})
+    assert cfg.maintenance_window is None
+    assert cfg.require_approval is False
+    assert cfg.approval_timeout_s == 3600
+    assert cfg.queue_timeout_s == 600.0
+
+
+def test_flow_parameters_reach_the_config():
+    names = set(inspect.signature(migrate_database.fn).parameters)
+    assert {"maintenance_window", "require_approval", "approval_timeout_s", "queue_timeout_s"} <= names
+
+
+def test_bad_window_is_refused_when_the_config_is_built():
+    with pytest.raises(WindowInvalid, match="Invalid maintenance_window 'Sun 9-5'"):
+        build_config(database="x.db", maintenance_window="Sun 9-5")
+
+
+def test_bad_flat_parameter_names_the_field():
+    with pytest.raises(BadInput) as err:
+        build_config(database="x.db", queue_timeout_s=-1)
+    assert err.value.what == "Invalid parameter queue_timeout_s"
+
+
+def _deployments() -> dict[str, dict]:
+    data = yaml.safe_load(PREFECT_YAML.read_text())
+    return {d["name"]: d for d in data["deployments"]}
+
+
+def test_prefect_yaml_declares_the_three_deployments():
+    deps = _deployments()
+    assert set(deps) == {"maintenance-window", "adhoc", "by-hand"}
+    assert deps["maintenance-window"]["schedules"] == [
+        {"cron": "0 2 * * 0", "timezone": "Europe/Berlin", "active": True}
+    ]
+    assert "schedules" not in deps["adhoc"]
+    assert {d["work_pool"]["name"] for d in deps.values()} == {"liteshift"}
+
+
+def test_prefect_yaml_entrypoints_name_the_flows():
+    deps = _deployments()
+    flows = {
+        "flows/migrate.py:migrate_database": migrate_database,
+        "flows/rollback.py:rollback_migration": rollback_migration,
+    }
+    for dep in deps.values():
+        path, func = dep["entrypoint"].split(":")
+        assert (ROOT / path).is_file()
+        assert flows[dep["entrypoint"]].fn.__name__ == func
+
+
+def test_scheduled_parameters_validate_and_the_cron_lies_inside_the_window():
+    dep = _deployments()["maintenance-window"]
+    params = migrate_database.validate_parameters(dep["parameters"])  # names and types, as Prefect does
+    window = params["maintenance_window"]
+    assert window == "Sun 01:00-05:00 Europe/Berlin"
+    # cron "0 2 * * 0" with timezone Europe/Berlin: Sundays 02:00 there, inside the window.
+    assert dep["schedules"][0]["cron"] == "0 2 * * 0"
+    sunday_two = datetime(2026, 11, 29, 2, 0, tzinfo=ZoneInfo(dep["schedules"][0]["timezone"]))
+    assert enforce_window(window, sunday_two).startswith("inside")
+
+
+def test_concurrency_limit_name_is_per_database_path(tmp_path):
+    a, b = tmp_path / "a" / "worklog.db", tmp_path / "b" / "worklog.db"
+    assert limit_name(a) == limit_name(a)
+    assert limit_name(a) != limit_name(b)
+    assert limit_name(a).startswith("liteshift-db-worklog-db-")
+    assert limit_name(Path("rel.db")) == limit_name(Path.cwd() / "rel.db")

@@ -1,0 +1,69 @@
+"""`liteshift plan`: a dry run that measures on a copy and never writes the database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import snapshot
+
+from liteshift.cli import main
+from liteshift.config import RunConfig
+from tasks.approval import Approval, ApprovalDenied, check_answer
+from tasks.plan import dry_run, render_plan
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_dry_run_measures_and_writes_nothing(make_db):
+    db = make_db()
+    digest, before = db.read_bytes(), snapshot(db)
+    result = dry_run(RunConfig.model_validate({"database": db}))
+    assert db.read_bytes() == digest and snapshot(db) == before
+    assert result.error is None
+    assert result.pending == ["001_add_composite_indexes"]
+    assert result.lock_seconds is not None and result.lock_seconds > 0
+    assert result.size_after is not None and result.size_after > result.size_before
+    assert [q.index_after for q in result.queries] == [q.expect_index for q in result.queries]
+    assert all("USING INDEX idx_worklogs_company" in q.before for q in result.queries[:2])
+    assert list(db.parent.glob("liteshift-plan-*")) == []  # the copy is gone
+
+
+def test_dry_run_reports_a_migration_that_would_fail_on_the_data(make_db):
+    db = make_db()
+    before = snapshot(db)
+    cfg = RunConfig.model_validate({"database": db, "migrations_dir": FIXTURES / "unique_over_duplicates"})
+    result = dry_run(cfg)
+    assert result.error is not None
+    assert result.error.startswith(
+        "Migration 001_unique_author.sql failed: UNIQUE constraint failed: worklogs.author_email"
+    )
+    assert "**Would FAIL**" in render_plan(result)
+    assert snapshot(db) == before
+
+
+def test_plan_command_prints_json_and_exit_codes(make_db, capsys):
+    db = make_db()
+    assert main(["plan", "--database", str(db), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pending"] == ["001_add_composite_indexes"] and out["growth_pct"] > 0
+    bad = ["plan", "--database", str(db), "--migrations", str(FIXTURES / "unique_over_duplicates")]
+    assert main(bad) == 1
+    assert "Would FAIL" in capsys.readouterr().out
+
+
+def test_plan_refuses_a_missing_migrations_dir(make_db, capsys):
+    db = make_db()
+    assert main(["plan", "--database", str(db), "--migrations", str(FIXTURES / "empty")]) == 2
+    assert "Migrations directory" in capsys.readouterr().err
+
+
+def test_approval_answer_decides():
+    assert check_answer(Approval(approve=True, comment="looks fine"), "w.db") == "approved: looks fine"
+    with pytest.raises(ApprovalDenied) as err:
+        check_answer(Approval(approve=False, comment="not tonight"), "w.db")
+    assert str(err.value) == (
+        "Migration of w.db was not approved: the reviewer answered: not tonight. "
+        "Try: start a new run when the plan is acceptable; nothing was written"
+    )
