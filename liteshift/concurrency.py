@@ -15,6 +15,7 @@ from liteshift.errors import BadInput
 from liteshift.report import slug
 
 PREFIX = "liteshift-db-"
+LEASE_S = 60.0
 
 
 class DatabaseBusy(BadInput):
@@ -56,7 +57,10 @@ def one_run_per_database(database: Path, timeout_s: float) -> Iterator[str]:
     ensure_limit(name)
     acquired = False
     try:
-        with concurrency(name, occupy=1, strict=True, timeout_seconds=max(timeout_s, 0.5)):
+        # The shortest lease the server allows: a killed holder frees the slot within about a minute.
+        with concurrency(
+            name, occupy=1, strict=True, timeout_seconds=max(timeout_s, 0.5), lease_duration=LEASE_S
+        ):
             acquired = True
             yield name
     except TimeoutError:
