@@ -1,0 +1,349 @@
+"""End to end, the way Prefect users run liteshift: a real server, a process worker, `prefect deploy`,
+`prefect deployment run ... --watch`, results read back through the API, and the UI in Chromium.
+
+One server and worker serve the whole module (liteshift.stack, the code behind `make up`), on a
+free loopback port with a temporary PREFECT_HOME; the finalizer stops them by PID even when a
+test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from liteshift import lock
+from liteshift.concurrency import limit_name
+from liteshift.db import connection
+from liteshift.demo import build_demo_db
+from liteshift.stack import ROOT, Stack, down, free_port, up
+from tests.conftest import FIXTURES, file_digest, snapshot
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 5000
+PHASE1_INDEXES = {
+    "idx_worklogs_user_range",
+    "idx_worklogs_instance_range",
+    "idx_billing_rates_lookup",
+    "idx_factorial_leaves_company_status",
+}
+OUTPUT = ROOT / "tests" / "output"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+    "--virtual-time-budget=15000",
+]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Server, pool, deployments, zombie automation and worker, stopped by PID at the end."""
+    s = Stack(run_dir=tmp_path_factory.mktemp("stack"), port=free_port(), worker_poll_s=1)
+    started = time.monotonic()
+    try:
+        up(s)
+        print(f"stack up in {time.monotonic() - started:.1f} s at {s.api_url}")
+        yield s
+    finally:
+        down(s)
+        for log in sorted(s.run_dir.glob("*.log")):
+            print(f"--- tail of {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("databases")
+
+
+def api(stack: Stack, method: str, path: str, body: Any = None) -> Any:
+    """One call to the server's REST API; the JSON answer (503 'database is locked' is retried)."""
+    for attempt in range(10):
+        r = httpx.request(method, f"{stack.api_url}{path}", json=body, timeout=30)
+        if r.status_code != 503:
+            break
+        time.sleep(0.5 * (attempt + 1))
+    r.raise_for_status()
+    return r.json() if r.content else None
+
+
+def deployment_run(stack: Stack, name: str, *params: str, watch: bool = True, extra: tuple[str, ...] = ()):
+    """`prefect deployment run NAME --param k=v ... [--watch]`: (exit code, output, flow run id)."""
+    args = [stack.prefect, "deployment", "run", name, *[a for p in params for a in ("--param", p)], *extra]
+    proc = subprocess.run(
+        [*args, "--watch"] if watch else args,
+        cwd=stack.root,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )
+    out = proc.stdout + proc.stderr
+    found = re.search(r"UUID: ([0-9a-f-]{36})", out)
+    assert found, out
+    return proc.returncode, out, found.group(1)
+
+
+def flow_run(stack: Stack, run_id: str) -> dict[str, Any]:
+    return api(stack, "GET", f"/flow_runs/{run_id}")
+
+
+def wait_state(stack: Stack, run_id: str, types: set[str], timeout_s: float = 120) -> dict[str, Any]:
+    """Poll a flow run until its state type is one of types."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = flow_run(stack, run_id)
+        if run["state_type"] in types:
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"flow run {run_id} still {run['state_type']} after {timeout_s} s")
+
+
+def artifacts(stack: Stack, run_id: str) -> dict[str, dict[str, Any]]:
+    """The run's artifacts by key (the latest of each key)."""
+    found = api(stack, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+    return {a["key"]: a for a in sorted(found, key=lambda a: a["created"]) if a["key"]}
+
+
+def indexes(db: Path) -> set[str]:
+    with connection(db, readonly=True) as con:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
+
+
+@pytest.fixture(scope="module")
+def adhoc(stack: Stack, workdir: Path) -> dict[str, Any]:
+    """One successful `migrate-database/adhoc` run on a demo database, shared by the tests below."""
+    db = build_demo_db(workdir / "adhoc.db", ROWS)
+    started = time.monotonic()
+    code, out, run_id = deployment_run(stack, "migrate-database/adhoc", f"database={db}")
+    return {"db": db, "code": code, "out": out, "id": run_id, "seconds": time.monotonic() - started}
+
+
+def test_adhoc_run_completes_with_indexes_and_artifacts(stack: Stack, adhoc: dict[str, Any]) -> None:
+    print(f"deployment run --watch took {adhoc['seconds']:.1f} s")
+    assert adhoc["code"] == 0, adhoc["out"]
+    assert "Flow run finished successfully in 'Completed'" in adhoc["out"]
+    assert indexes(adhoc["db"]) >= PHASE1_INDEXES
+    run = flow_run(stack, adhoc["id"])
+    assert run["name"] == "migrate-adhoc.db"
+    assert {"liteshift", "adhoc", "db-adhoc-db"} <= set(run["tags"])
+    found = artifacts(stack, adhoc["id"])
+    assert {
+        "liteshift-report-adhoc-db",
+        "liteshift-bench-adhoc-db",
+        "liteshift-backup-adhoc-db",
+        "liteshift-migrate-adhoc-db",
+    } <= set(found)
+    report = found["liteshift-report-adhoc-db"]
+    assert report["type"] == "markdown"
+    assert report["data"].startswith("# liteshift execution report: adhoc.db")
+    assert "- **Status**: COMPLETED" in report["data"]
+    assert "| maintenance-window | ✅ passed |" in report["data"]
+    bench = json.loads(found["liteshift-bench-adhoc-db"]["data"])
+    assert {row["index"] for row in bench} == PHASE1_INDEXES
+    assert found["liteshift-backup-adhoc-db"]["data"] == 100.0
+    assert found["liteshift-migrate-adhoc-db"]["data"] == 100.0
+    limit = api(stack, "GET", f"/v2/concurrency_limits/{limit_name(adhoc['db'])}")
+    assert (limit["limit"], limit["active_slots"]) == (1, 0)
+    with connection(adhoc["db"], readonly=True) as con:
+        assert lock.read_holder(con) is None
+
+
+def test_failing_run_shows_the_rollback_subflow_and_leaves_the_database_as_it_was(
+    stack: Stack, workdir: Path
+) -> None:
+    db = build_demo_db(workdir / "fails.db", ROWS)
+    before = snapshot(db)
+    code, out, run_id = deployment_run(
+        stack,
+        "migrate-database/adhoc",
+        f"database={db}",
+        f"migrations_dir={FIXTURES / 'unusable_index'}",
+        "plan_check=fail",
+    )
+    assert code != 0, out
+    run = flow_run(stack, run_id)
+    assert run["state_type"] == "FAILED"
+    subflows = api(
+        stack, "POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}}
+    )
+    assert [(s["name"], s["state_type"]) for s in subflows] == [("rollback-fails.db", "COMPLETED")]
+    report = artifacts(stack, run_id)["liteshift-report-fails-db"]["data"]
+    assert "**Error**: Query worklogs_of_company does not use index idx_worklogs_comment" in report
+    assert "- Action: down: ran the down of 001_comment_index" in report
+    assert "liteshift-rollback-fails-db" in artifacts(stack, subflows[0]["id"])
+    after = snapshot(db)
+    assert after[:2] == before[:2]  # same user schema, same rows
+    assert after[2]["liteshift_migrations"] == [] and after[2]["liteshift_lock"] == []
+    assert "idx_worklogs_comment" not in indexes(db)
+
+
+def test_run_outside_its_window_refuses_before_writing(stack: Stack, workdir: Path) -> None:
+    db = build_demo_db(workdir / "closed.db", ROWS)
+    digest = file_digest(db)
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%a")
+    window = f"{tomorrow} 00:00-00:01 UTC"  # never open today
+    code, out, run_id = deployment_run(
+        stack, "migrate-database/adhoc", f"database={db}", f"maintenance_window={window}"
+    )
+    assert code != 0, out
+    run = flow_run(stack, run_id)
+    assert run["state_type"] == "FAILED"
+    assert f"Outside the maintenance window '{window}'" in run["state"]["message"]
+    assert file_digest(db) == digest
+    report = artifacts(stack, run_id)["liteshift-report-closed-db"]["data"]
+    assert "| maintenance-window | ❌ failed |" in report
+
+
+def test_approval_gate_pauses_with_the_plan_then_obeys_the_answer(stack: Stack, workdir: Path) -> None:
+    yes_db = build_demo_db(workdir / "yes.db", ROWS)
+    no_db = build_demo_db(workdir / "no.db", ROWS)
+    no_before = file_digest(no_db)
+    runs = {}
+    for db in (yes_db, no_db):
+        _, _, runs[db.name] = deployment_run(
+            stack, "migrate-database/adhoc", f"database={db}", "require_approval=true", watch=False
+        )
+    for name, run_id in runs.items():
+        paused = wait_state(stack, run_id, {"PAUSED", "FAILED", "CRASHED"})
+        assert paused["state_type"] == "PAUSED", paused["state"]
+        keyset = paused["state"]["state_details"]["run_input_keyset"]
+        description = api(stack, "GET", f"/flow_runs/{run_id}/input/{keyset['description']}")
+        assert description.startswith(f"# Dry run for {name}")
+        assert "idx_worklogs_user_range" in description and "**Write lock**: held" in description
+    assert not PHASE1_INDEXES & indexes(yes_db)  # paused: nothing written yet
+    api(
+        stack,
+        "POST",
+        f"/flow_runs/{runs['yes.db']}/resume",
+        {"run_input": {"approve": True, "comment": "e2e"}},
+    )
+    api(
+        stack,
+        "POST",
+        f"/flow_runs/{runs['no.db']}/resume",
+        {"run_input": {"approve": False, "comment": "no"}},
+    )
+    done = {n: wait_state(stack, r, {"COMPLETED", "FAILED", "CRASHED"}) for n, r in runs.items()}
+    assert done["yes.db"]["state_type"] == "COMPLETED"
+    assert indexes(yes_db) >= PHASE1_INDEXES
+    assert "| approval | ✅ passed |" in artifacts(stack, runs["yes.db"])["liteshift-report-yes-db"]["data"]
+    assert done["no.db"]["state_type"] == "FAILED"
+    assert (
+        f"Migration of {no_db} was not approved: the reviewer answered: no."
+        in done["no.db"]["state"]["message"]
+    )
+    assert file_digest(no_db) == no_before
+
+
+def test_second_holder_of_a_databases_limit_is_refused(stack: Stack, workdir: Path) -> None:
+    db = workdir / "limited.db"
+    hold = (
+        "import sys, time; from pathlib import Path; from liteshift.concurrency import one_run_per_database\n"
+        "with one_run_per_database(Path(sys.argv[1]), 5):\n"
+        "    print('held', flush=True); time.sleep(8)\n"
+    )
+    refuse = (
+        "import sys; from pathlib import Path; from liteshift.concurrency import one_run_per_database\n"
+        "try:\n"
+        "    with one_run_per_database(Path(sys.argv[1]), 1): print('acquired')\n"
+        "except Exception as exc: print(exc)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(db)], env=stack.env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        second = subprocess.run(
+            [sys.executable, "-c", refuse, str(db)],
+            env=stack.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.stdout.strip() == (
+            f"Database {db} is being migrated by another Prefect run: its concurrency limit "
+            f"{limit_name(db)} stayed taken for 1 s. Try: wait for that run (see the Prefect UI) or raise "
+            "queue_timeout_s; nothing was written"
+        ), second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_sigkilled_run_is_crashed_leaves_no_change_and_its_lock_is_recovered(
+    stack: Stack, workdir: Path
+) -> None:
+    db = build_demo_db(workdir / "killed.db", ROWS)
+    before = snapshot(db)
+    env = json.dumps({"LITESHIFT_KILL_AT": "migrate-before-commit"})
+    code, out, run_id = deployment_run(
+        stack, "migrate-database/adhoc", f"database={db}", extra=("--job-variable", f"env={env}")
+    )
+    assert code != 0, out
+    assert flow_run(stack, run_id)["state_type"] == "CRASHED"
+    after = snapshot(db)
+    assert after[:2] == before[:2] and after[2].get("liteshift_migrations", []) == []
+    with connection(db, readonly=True) as con:
+        stuck = lock.read_holder(con)
+    assert stuck is not None  # the killed run's lock row is still there ...
+    me = lock.acquire(db)  # ... and is recovered as stale: its pid is gone
+    lock.release(db, me.token)
+
+
+def test_zombie_automation_is_installed(stack: Stack) -> None:
+    found = api(stack, "POST", "/automations/filter", {})
+    mine = [a for a in found if a["name"] == "liteshift-crash-zombie-flow-runs"]
+    assert len(mine) == 1
+    trigger, action = mine[0]["trigger"], mine[0]["actions"][0]
+    assert (trigger["posture"], trigger["within"], sorted(trigger["after"])) == (
+        "Proactive",
+        600.0,
+        ["prefect.flow-run.heartbeat"],
+    )
+    assert (action["type"], action["state"]) == ("change-flow-run-state", "CRASHED")
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium is not installed (.ci/run installs it)"
+)
+def test_ui_renders_the_report_artifact(stack: Stack, adhoc: dict[str, Any], tmp_path: Path) -> None:
+    report = artifacts(stack, adhoc["id"])["liteshift-report-adhoc-db"]
+    url = f"http://127.0.0.1:{stack.port}/artifacts/artifact/{report['id']}"
+    base = ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(
+        [*base, "--dump-dom", url], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+    assert "liteshift execution report: adhoc.db" in dom.stdout, dom.stderr[-2000:]
+    assert "Can't connect to Server API" not in dom.stdout
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    shot = OUTPUT / "ui-report-artifact.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run(
+        [*base, f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        check=True,
+    )
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot of {url}: {shot}")
