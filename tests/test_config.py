@@ -26,6 +26,10 @@ def test_defaults() -> None:
         "bench_min_runs": 7,
         "bench_max_runs": 200,
         "bench_budget_s": 1.0,
+        "maintenance_window": None,
+        "require_approval": False,
+        "approval_timeout_s": 3600,
+        "queue_timeout_s": 600.0,
     }
     assert cfg.backup_directory == Path(".")
     assert (

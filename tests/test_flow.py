@@ -29,6 +29,7 @@ def test_success_then_idempotent_rerun(make_db, tmp_path: Path) -> None:
     assert summary["applied"] == ["001_add_composite_indexes"]
     assert [s["name"] for s in summary["steps"]] == [
         "validate",
+        "maintenance-window",
         "benchmark-before",
         "backup",
         "migrate",

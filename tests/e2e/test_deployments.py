@@ -21,13 +21,15 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import index_names, snapshot, tracked_versions, user_snapshot
 
 from liteshift import lock
 from liteshift.concurrency import limit_name
 from liteshift.db import connection
 from liteshift.demo import build_demo_db
 from liteshift.stack import ROOT, Stack, down, free_port, up
-from tests.conftest import FIXTURES, file_digest, snapshot
+
+FIXTURES = ROOT / "tests" / "fixtures"
 
 pytestmark = pytest.mark.e2e
 
@@ -123,11 +125,6 @@ def artifacts(stack: Stack, run_id: str) -> dict[str, dict[str, Any]]:
     return {a["key"]: a for a in sorted(found, key=lambda a: a["created"]) if a["key"]}
 
 
-def indexes(db: Path) -> set[str]:
-    with connection(db, readonly=True) as con:
-        return {r[0] for r in con.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
-
-
 @pytest.fixture(scope="module")
 def adhoc(stack: Stack, workdir: Path) -> dict[str, Any]:
     """One successful `migrate-database/adhoc` run on a demo database, shared by the tests below."""
@@ -141,7 +138,7 @@ def test_adhoc_run_completes_with_indexes_and_artifacts(stack: Stack, adhoc: dic
     print(f"deployment run --watch took {adhoc['seconds']:.1f} s")
     assert adhoc["code"] == 0, adhoc["out"]
     assert "Flow run finished successfully in 'Completed'" in adhoc["out"]
-    assert indexes(adhoc["db"]) >= PHASE1_INDEXES
+    assert index_names(adhoc["db"]) >= PHASE1_INDEXES
     run = flow_run(stack, adhoc["id"])
     assert run["name"] == "migrate-adhoc.db"
     assert {"liteshift", "adhoc", "db-adhoc-db"} <= set(run["tags"])
@@ -171,7 +168,7 @@ def test_failing_run_shows_the_rollback_subflow_and_leaves_the_database_as_it_wa
     stack: Stack, workdir: Path
 ) -> None:
     db = build_demo_db(workdir / "fails.db", ROWS)
-    before = snapshot(db)
+    before = user_snapshot(db)
     code, out, run_id = deployment_run(
         stack,
         "migrate-database/adhoc",
@@ -190,15 +187,16 @@ def test_failing_run_shows_the_rollback_subflow_and_leaves_the_database_as_it_wa
     assert "**Error**: Query worklogs_of_company does not use index idx_worklogs_comment" in report
     assert "- Action: down: ran the down of 001_comment_index" in report
     assert "liteshift-rollback-fails-db" in artifacts(stack, subflows[0]["id"])
-    after = snapshot(db)
-    assert after[:2] == before[:2]  # same user schema, same rows
-    assert after[2]["liteshift_migrations"] == [] and after[2]["liteshift_lock"] == []
-    assert "idx_worklogs_comment" not in indexes(db)
+    assert user_snapshot(db) == before  # same user schema, same rows
+    assert tracked_versions(db) == []
+    with connection(db, readonly=True) as con:
+        assert lock.read_holder(con) is None
+    assert "idx_worklogs_comment" not in index_names(db)
 
 
 def test_run_outside_its_window_refuses_before_writing(stack: Stack, workdir: Path) -> None:
     db = build_demo_db(workdir / "closed.db", ROWS)
-    digest = file_digest(db)
+    digest = snapshot(db)
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%a")
     window = f"{tomorrow} 00:00-00:01 UTC"  # never open today
     code, out, run_id = deployment_run(
@@ -208,7 +206,7 @@ def test_run_outside_its_window_refuses_before_writing(stack: Stack, workdir: Pa
     run = flow_run(stack, run_id)
     assert run["state_type"] == "FAILED"
     assert f"Outside the maintenance window '{window}'" in run["state"]["message"]
-    assert file_digest(db) == digest
+    assert snapshot(db) == digest
     report = artifacts(stack, run_id)["liteshift-report-closed-db"]["data"]
     assert "| maintenance-window | ❌ failed |" in report
 
@@ -216,7 +214,7 @@ def test_run_outside_its_window_refuses_before_writing(stack: Stack, workdir: Pa
 def test_approval_gate_pauses_with_the_plan_then_obeys_the_answer(stack: Stack, workdir: Path) -> None:
     yes_db = build_demo_db(workdir / "yes.db", ROWS)
     no_db = build_demo_db(workdir / "no.db", ROWS)
-    no_before = file_digest(no_db)
+    no_before = snapshot(no_db)
     runs = {}
     for db in (yes_db, no_db):
         _, _, runs[db.name] = deployment_run(
@@ -229,7 +227,7 @@ def test_approval_gate_pauses_with_the_plan_then_obeys_the_answer(stack: Stack, 
         description = api(stack, "GET", f"/flow_runs/{run_id}/input/{keyset['description']}")
         assert description.startswith(f"# Dry run for {name}")
         assert "idx_worklogs_user_range" in description and "**Write lock**: held" in description
-    assert not PHASE1_INDEXES & indexes(yes_db)  # paused: nothing written yet
+    assert not PHASE1_INDEXES & index_names(yes_db)  # paused: nothing written yet
     api(
         stack,
         "POST",
@@ -244,14 +242,14 @@ def test_approval_gate_pauses_with_the_plan_then_obeys_the_answer(stack: Stack, 
     )
     done = {n: wait_state(stack, r, {"COMPLETED", "FAILED", "CRASHED"}) for n, r in runs.items()}
     assert done["yes.db"]["state_type"] == "COMPLETED"
-    assert indexes(yes_db) >= PHASE1_INDEXES
+    assert index_names(yes_db) >= PHASE1_INDEXES
     assert "| approval | ✅ passed |" in artifacts(stack, runs["yes.db"])["liteshift-report-yes-db"]["data"]
     assert done["no.db"]["state_type"] == "FAILED"
     assert (
         f"Migration of {no_db} was not approved: the reviewer answered: no."
         in done["no.db"]["state"]["message"]
     )
-    assert file_digest(no_db) == no_before
+    assert snapshot(no_db) == no_before
 
 
 def test_second_holder_of_a_databases_limit_is_refused(stack: Stack, workdir: Path) -> None:
@@ -300,8 +298,8 @@ def test_sigkilled_run_is_crashed_leaves_no_change_and_its_lock_is_recovered(
     )
     assert code != 0, out
     assert flow_run(stack, run_id)["state_type"] == "CRASHED"
-    after = snapshot(db)
-    assert after[:2] == before[:2] and after[2].get("liteshift_migrations", []) == []
+    # The transaction never committed: not even the tracking table exists; only the lock row is new.
+    assert {k: v for k, v in snapshot(db).items() if "liteshift_lock" not in k} == before
     with connection(db, readonly=True) as con:
         stuck = lock.read_holder(con)
     assert stuck is not None  # the killed run's lock row is still there ...
