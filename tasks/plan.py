@@ -16,8 +16,9 @@ from typing import Any
 
 from liteshift import migrations as mig
 from liteshift.config import RunConfig
-from liteshift.db import connection, page_bytes
+from liteshift.db import connection
 from liteshift.errors import MigrationError
+from liteshift.report import measure_sizes
 from tasks.common import step_task
 from tasks.migrate import migrate_database
 from tasks.query_plan import explain
@@ -51,6 +52,7 @@ class DryRun:
     lock_seconds: float | None = None
     size_before: int = 0
     size_after: int | None = None
+    index_bytes: dict[str, int] = field(default_factory=dict)
     queries: list[QueryChange] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -73,6 +75,7 @@ class DryRun:
             "lock_seconds": None if self.lock_seconds is None else round(self.lock_seconds, 4),
             "size_before": self.size_before,
             "size_after": self.size_after,
+            "index_bytes": self.index_bytes,
             "growth_pct": None if growth is None else round(growth, 2),
             "queries": [{**q.__dict__, "uses_expected": q.uses_expected} for q in self.queries],
             "warnings": self.warnings,
@@ -124,8 +127,7 @@ def dry_run(cfg: RunConfig) -> DryRun:
             return result
         result.lock_seconds = applied.lock_seconds
         after = _plans(copy, queries)
-        with connection(copy, readonly=True) as con:
-            result.size_after = page_bytes(con)
+        result.size_after, result.index_bytes = measure_sizes(copy, list(v.indexes))
     result.queries = [
         QueryChange(q.name, q.expect_index, before[q.name][0], after[q.name][0], after[q.name][1])
         for q in queries
@@ -149,9 +151,13 @@ def render_plan(d: DryRun) -> str:
     if d.size_after is not None:
         lines.append(
             f"- **Size**: {d.size_before / 1e6:.2f} MB -> {d.size_after / 1e6:.2f} MB "
-            f"(growth {d.growth_pct or 0:+.1f}%)"
+            f"(growth {d.growth_pct or 0:+.1f}%; free pages left by earlier deletes are reused first)"
         )
-    lines += [f"- **Creates index** {n}: `{desc}`" for n, desc in d.indexes.items()]
+    lines += [
+        f"- **Creates index** {n}: `{desc}`"
+        + (f" ({d.index_bytes[n] / 1e6:.2f} MB)" if n in d.index_bytes else "")
+        for n, desc in d.indexes.items()
+    ]
     lines += [f"- ⚠️ {w}" for w in d.warnings]
     for label, stmts in d.statements.items():
         lines += ["", f"## {label}", "", "```sql", *[s + ";" for s in stmts], "```"]

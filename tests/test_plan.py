@@ -25,6 +25,7 @@ def test_dry_run_measures_and_writes_nothing(make_db):
     assert result.pending == ["001_add_composite_indexes"]
     assert result.lock_seconds is not None and result.lock_seconds > 0
     assert result.size_after is not None and result.size_after > result.size_before
+    assert set(result.index_bytes) == set(result.indexes) and all(result.index_bytes.values())
     assert [q.index_after for q in result.queries] == [q.expect_index for q in result.queries]
     assert all("USING INDEX idx_worklogs_company" in q.before for q in result.queries[:2])
     assert list(db.parent.glob("liteshift-plan-*")) == []  # the copy is gone
