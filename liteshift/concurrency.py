@@ -2,20 +2,32 @@
 
 Prefect only logs a warning when a limit named in `concurrency()` does not exist and lets every
 run through, so the limit is created (one slot) before it is used, and used with strict=True.
+
+A SIGKILLed holder cannot release its slot. A server revokes the expired lease within about
+LEASE_S; but leases live in the server's memory, so after an ephemeral API (`liteshift run`) or a
+restarted server nobody ever will. A slot that stays taken while the database's own liteshift
+lock has no live holder for ORPHAN_AFTER_S is therefore freed here, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from liteshift import lock
+from liteshift.db import connection
 from liteshift.errors import BadInput
 from liteshift.report import slug
 
 PREFIX = "liteshift-db-"
 LEASE_S = 60.0
+ORPHAN_AFTER_S = LEASE_S + 15.0  # the lease, plus the server's repossessor loop
+POLL_S = 2.0
 
 
 class DatabaseBusy(BadInput):
@@ -48,6 +60,45 @@ def ensure_limit(name: str) -> bool:
     return True
 
 
+def slot_orphaned(active_slots: int, limit: int, holder: lock.Holder | None, now: float) -> bool:
+    """A full limit while the database's own lock has no live holder: the slot's holder is gone."""
+    return active_slots >= limit and (holder is None or holder.is_stale(now, lock.STALE_AFTER_S))
+
+
+def _lock_holder(database: Path) -> lock.Holder | None:
+    if not Path(database).exists():
+        return None
+    with connection(database, readonly=True) as con:
+        return lock.read_holder(con)
+
+
+def _orphaned_now(client: Any, database: Path, name: str) -> bool:
+    gcl = client.read_global_concurrency_limit_by_name(name)
+    return slot_orphaned(gcl.active_slots, gcl.limit, _lock_holder(database), time.time())
+
+
+def free_orphaned_slot(database: Path, name: str, after_s: float = ORPHAN_AFTER_S) -> bool:
+    """Free the slot when it stays orphaned for after_s (a live holder takes the lock in seconds)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    with get_client(sync_client=True) as client:
+        since = time.monotonic()
+        while _orphaned_now(client, database, name):
+            if time.monotonic() - since >= after_s:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+                logging.getLogger(__name__).warning(
+                    "Freed the concurrency slot of %s: taken for %.0f s while %s had no live "
+                    "liteshift lock (its run was killed)",
+                    name,
+                    after_s,
+                    database,
+                )
+                return True
+            time.sleep(POLL_S)
+    return False
+
+
 @contextmanager
 def one_run_per_database(database: Path, timeout_s: float) -> Iterator[str]:
     """Hold the database's slot for a block; raise DatabaseBusy when it stays taken past timeout_s."""
@@ -55,6 +106,7 @@ def one_run_per_database(database: Path, timeout_s: float) -> Iterator[str]:
 
     name = limit_name(database)
     ensure_limit(name)
+    free_orphaned_slot(database, name)
     acquired = False
     try:
         # The shortest lease the server allows: a killed holder frees the slot within about a minute.

@@ -23,6 +23,7 @@ from liteshift.db import begin_immediate, connection
 from liteshift.errors import BadInput
 
 LOCK_TABLE = "liteshift_lock"
+STALE_AFTER_S = 300.0  # a heartbeat older than this marks the holder dead, whatever its host
 LOCK_DDL = f"""CREATE TABLE IF NOT EXISTS {LOCK_TABLE} (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     token TEXT NOT NULL,
@@ -74,7 +75,7 @@ def read_holder(con: sqlite3.Connection) -> Holder | None:
     return Holder(*row) if row else None
 
 
-def acquire(database: Path, busy_timeout_ms: int = 5000, stale_after_s: float = 300.0) -> Holder:
+def acquire(database: Path, busy_timeout_ms: int = 5000, stale_after_s: float = STALE_AFTER_S) -> Holder:
     """Take the lock (recovering a stale one) or raise LockHeld naming the holder."""
     me = Holder(uuid.uuid4().hex, socket.gethostname(), os.getpid(), time.time(), time.time())
     with connection(database, busy_timeout_ms) as con:
@@ -130,7 +131,10 @@ def beat(database: Path, token: str, busy_timeout_ms: int = 1000) -> bool:
 
 @contextmanager
 def held(
-    database: Path, busy_timeout_ms: int = 5000, stale_after_s: float = 300.0, interval_s: float = 15.0
+    database: Path,
+    busy_timeout_ms: int = 5000,
+    stale_after_s: float = STALE_AFTER_S,
+    interval_s: float = 15.0,
 ) -> Iterator[Holder]:
     """Hold the lock for a block, with a heartbeat thread, and always release it."""
     me = acquire(database, busy_timeout_ms, stale_after_s)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
+import socket
+import time
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -12,7 +15,8 @@ import yaml
 
 from flows.migrate import build_config, migrate_database
 from flows.rollback import rollback_migration
-from liteshift.concurrency import limit_name
+from liteshift import lock
+from liteshift.concurrency import limit_name, slot_orphaned
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput
 from liteshift.window import WindowInvalid, enforce_window
@@ -89,3 +93,16 @@ def test_concurrency_limit_name_is_per_database_path(tmp_path):
     assert limit_name(a) != limit_name(b)
     assert limit_name(a).startswith("liteshift-db-worklog-db-")
     assert limit_name(Path("rel.db")) == limit_name(Path.cwd() / "rel.db")
+
+
+def _holder(pid: int, heartbeat_age_s: float, host: str | None = None) -> lock.Holder:
+    now = time.time()
+    return lock.Holder("t", host or socket.gethostname(), pid, now - 10, now - heartbeat_age_s)
+
+
+def test_a_full_limit_is_orphaned_only_without_a_live_lock_holder():
+    now = time.time()
+    assert slot_orphaned(1, 1, None, now)  # a killed run before or after its lock row
+    assert slot_orphaned(1, 1, _holder(os.getpid(), 400, "other-host"), now)  # silent for 400 s
+    assert not slot_orphaned(1, 1, _holder(os.getpid(), 1), now)  # a live run migrating
+    assert not slot_orphaned(0, 1, None, now)  # the slot is free anyway

@@ -253,10 +253,11 @@ def test_approval_gate_pauses_with_the_plan_then_obeys_the_answer(stack: Stack, 
 
 
 def test_second_holder_of_a_databases_limit_is_refused(stack: Stack, workdir: Path) -> None:
-    db = workdir / "limited.db"
-    hold = (
-        "import sys, time; from pathlib import Path; from liteshift.concurrency import one_run_per_database\n"
-        "with one_run_per_database(Path(sys.argv[1]), 5):\n"
+    db = build_demo_db(workdir / "limited.db", 100)
+    hold = (  # as the flow does: the database's slot, then its own lock
+        "import sys, time; from pathlib import Path; from liteshift import lock\n"
+        "from liteshift.concurrency import one_run_per_database\n"
+        "with one_run_per_database(Path(sys.argv[1]), 5), lock.held(Path(sys.argv[1])):\n"
         "    print('held', flush=True); time.sleep(8)\n"
     )
     refuse = (
@@ -287,7 +288,7 @@ def test_second_holder_of_a_databases_limit_is_refused(stack: Stack, workdir: Pa
         holder.wait()
 
 
-def test_sigkilled_run_is_crashed_leaves_no_change_and_its_lock_is_recovered(
+def test_sigkilled_run_is_crashed_changes_nothing_and_the_next_run_recovers(
     stack: Stack, workdir: Path
 ) -> None:
     db = build_demo_db(workdir / "killed.db", ROWS)
@@ -303,8 +304,14 @@ def test_sigkilled_run_is_crashed_leaves_no_change_and_its_lock_is_recovered(
     with connection(db, readonly=True) as con:
         stuck = lock.read_holder(con)
     assert stuck is not None  # the killed run's lock row is still there ...
-    me = lock.acquire(db)  # ... and is recovered as stale: its pid is gone
-    lock.release(db, me.token)
+    # The next run recovers both the stale lock row and the killed run's concurrency slot.
+    started = time.monotonic()
+    code, out, _ = deployment_run(stack, "migrate-database/adhoc", f"database={db}")
+    print(f"the run after the SIGKILL completed in {time.monotonic() - started:.1f} s")
+    assert code == 0, out
+    assert index_names(db) >= PHASE1_INDEXES
+    with connection(db, readonly=True) as con:
+        assert lock.read_holder(con) is None
 
 
 def test_zombie_automation_is_installed(stack: Stack) -> None:
