@@ -156,7 +156,12 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
         return
     if cfg.require_approval:
         _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
-        dry = _step(report, "dry-run", lambda: plan(cfg), lambda d: d.error or f"{len(d.pending)} pending")
+        dry = _step(
+            report,
+            "dry-run",
+            lambda: plan(cfg),
+            lambda d: f"{len(d.pending)} pending; write lock {d.lock_seconds or 0:.3f} s on a copy",
+        )
         _step(
             report,
             "approval",

@@ -17,12 +17,16 @@ from typing import Any
 from liteshift import migrations as mig
 from liteshift.config import RunConfig
 from liteshift.db import connection
-from liteshift.errors import MigrationError
+from liteshift.errors import BadInput, MigrationError
 from liteshift.report import measure_sizes
 from tasks.common import step_task
 from tasks.migrate import migrate_database
 from tasks.query_plan import explain
 from tasks.validate import validate_database
+
+
+class DryRunFailed(BadInput):
+    """The pending migrations fail on a copy of the database; the database was not written."""
 
 
 @dataclass
@@ -135,6 +139,18 @@ def dry_run(cfg: RunConfig) -> DryRun:
     return result
 
 
+def dry_run_or_refuse(cfg: RunConfig) -> DryRun:
+    """The dry run, refusing at once when it fails: no one should be asked to approve a failure."""
+    result = dry_run(cfg)
+    if result.error:
+        raise DryRunFailed(
+            f"The pending migrations of {cfg.database} fail on a copy",
+            result.error,
+            "fix the migration or the data; nothing was written and no approval was asked",
+        )
+    return result
+
+
 def render_plan(d: DryRun) -> str:
     """The dry run as markdown: the approval form's description and `liteshift plan`'s output."""
     name = Path(d.database).name
@@ -177,4 +193,4 @@ def render_plan(d: DryRun) -> str:
     return "\n".join(lines) + "\n"
 
 
-plan = step_task(dry_run, "dry-run", retry=False)
+plan = step_task(dry_run_or_refuse, "dry-run", retry=False)

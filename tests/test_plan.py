@@ -11,7 +11,7 @@ from helpers import snapshot
 from liteshift.cli import main
 from liteshift.config import RunConfig
 from tasks.approval import Approval, ApprovalDenied, check_answer
-from tasks.plan import dry_run, render_plan
+from tasks.plan import DryRunFailed, dry_run, dry_run_or_refuse, render_plan
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -41,6 +41,10 @@ def test_dry_run_reports_a_migration_that_would_fail_on_the_data(make_db):
         "Migration 001_unique_author.sql failed: UNIQUE constraint failed: worklogs.author_email"
     )
     assert "**Would FAIL**" in render_plan(result)
+    with pytest.raises(DryRunFailed) as err:
+        dry_run_or_refuse(cfg)
+    assert err.value.what == f"The pending migrations of {db} fail on a copy"
+    assert err.value.exit_code == 2
     assert snapshot(db) == before
 
 

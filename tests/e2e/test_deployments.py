@@ -352,3 +352,32 @@ def test_ui_renders_the_report_artifact(stack: Stack, adhoc: dict[str, Any], tmp
     )
     assert shot.stat().st_size > 10_000
     print(f"screenshot of {url}: {shot}")
+
+
+def test_scheduled_deployment_is_on_the_server_with_its_window(stack: Stack) -> None:
+    dep = api(stack, "GET", "/deployments/name/migrate-database/maintenance-window")
+    (schedule,) = dep["schedules"]
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == (
+        "0 2 * * 0",
+        "Europe/Berlin",
+        True,
+    )
+    assert dep["parameters"]["maintenance_window"] == "Sun 01:00-05:00 Europe/Berlin"
+    assert dep["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+    ]
+    adhoc_dep = api(stack, "GET", "/deployments/name/migrate-database/adhoc")
+    assert adhoc_dep["schedules"] == []
+
+
+def test_rollback_deployment_started_by_hand_undoes_the_last_batch(
+    stack: Stack, adhoc: dict[str, Any]
+) -> None:
+    assert adhoc["code"] == 0
+    code, out, run_id = deployment_run(stack, "rollback-migration/by-hand", f"database={adhoc['db']}")
+    assert code == 0, out
+    assert flow_run(stack, run_id)["name"] == "rollback-adhoc.db"
+    assert not PHASE1_INDEXES & index_names(adhoc["db"])
+    assert tracked_versions(adhoc["db"]) == []
+    report = artifacts(stack, run_id)["liteshift-rollback-adhoc-db"]["data"]
+    assert "- Action: **down**: ran the down of 001_add_composite_indexes" in report
