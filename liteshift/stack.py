@@ -38,6 +38,7 @@ class Stack:
     port: int
     root: Path = ROOT
     worker_poll_s: int = 5
+    extra_env: tuple[tuple[str, str], ...] = ()  # more variables for every process (tests)
 
     @property
     def api_url(self) -> str:
@@ -59,6 +60,7 @@ class Stack:
             PREFECT_WORKER_QUERY_SECONDS=str(self.worker_poll_s),
             LITESHIFT_ROOT=str(self.root),
         )
+        env.update(self.extra_env)
         return env
 
     def pidfile(self, name: str) -> Path:

@@ -9,6 +9,7 @@ test fails.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -56,9 +57,12 @@ CHROMIUM_FLAGS = [
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, workdir: Path) -> Iterator[Stack]:
     """Server, pool, deployments, zombie automation and worker, stopped by PID at the end."""
-    s = Stack(run_dir=tmp_path_factory.mktemp("stack"), port=free_port(), worker_poll_s=1)
+    # Deployment runs may only touch allowed roots (liteshift.guard, where present): the test's
+    # databases and the fixture migrations.
+    roots = ("LITESHIFT_ALLOWED_ROOTS", os.pathsep.join([str(workdir), str(FIXTURES)]))
+    s = Stack(run_dir=tmp_path_factory.mktemp("stack"), port=free_port(), worker_poll_s=1, extra_env=(roots,))
     started = time.monotonic()
     try:
         up(s)
