@@ -154,8 +154,8 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
         report.warnings += _dead_run_warning(cfg)
         logger.info("Nothing to migrate in %s: %s applied", cfg.database, len(v.applied))
         return
+    _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
     if cfg.require_approval:
-        _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
         dry = _step(
             report,
             "dry-run",
@@ -169,8 +169,8 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
             str,
         )
     with one_run_per_database(cfg.database, cfg.queue_timeout_s):
-        # Checked again once the slot is ours: queueing or approval may have outlasted the window.
-        _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
+        if cfg.maintenance_window:  # again: queueing or approval may have outlasted the window
+            _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
         with lock.held(cfg.database, cfg.busy_timeout_ms):
             _locked_pipeline(cfg, report, v)
 

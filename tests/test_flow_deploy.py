@@ -1,0 +1,75 @@
+"""The flow's deployment-facing guards on the embedded API: the window, and one run per database."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import index_names, snapshot
+
+import flows.migrate as flow_mod
+from liteshift import lock
+from liteshift.concurrency import DatabaseBusy, limit_name, one_run_per_database
+from liteshift.window import OutsideWindow
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAST = {"bench_min_runs": 3, "bench_budget_s": 0.0, "retry_delay_s": 0.0}
+
+
+def run(db: Path, tmp_path: Path, **params: Any) -> dict[str, Any]:
+    return flow_mod.migrate_database(str(db), report_dir=str(tmp_path / "reports"), **{**FAST, **params})
+
+
+def _window_around_now(minutes: int) -> str:
+    now = datetime.now(UTC)
+    start, end = now - timedelta(minutes=minutes), now + timedelta(minutes=minutes)
+    return f"daily {start:%H:%M}-{end:%H:%M} UTC"
+
+
+def test_outside_the_window_nothing_is_written(make_db, tmp_path: Path) -> None:
+    db = make_db()
+    before = snapshot(db)
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%a")
+    with pytest.raises(OutsideWindow, match=f"Outside the maintenance window '{tomorrow} 00:00-00:01 UTC'"):
+        run(db, tmp_path, maintenance_window=f"{tomorrow} 00:00-00:01 UTC")
+    assert snapshot(db) == before
+
+
+def test_inside_the_window_it_is_checked_before_queueing_and_again_under_the_slot(
+    make_db, tmp_path: Path
+) -> None:
+    db = make_db()
+    summary = run(db, tmp_path, maintenance_window=_window_around_now(90))
+    assert summary["status"] == "completed"
+    names = [s["name"] for s in summary["steps"]]
+    assert names[:3] == ["validate", "maintenance-window", "maintenance-window"]
+    assert "idx_worklogs_user_range" in index_names(db)
+
+
+def test_a_second_run_on_a_busy_database_is_refused_and_writes_nothing(make_db, tmp_path: Path) -> None:
+    db = make_db()
+    before = snapshot(db)
+    holding, done = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with one_run_per_database(db, 5), lock.held(db):
+            holding.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(DatabaseBusy) as err:
+            run(db, tmp_path, queue_timeout_s=1)
+        assert err.value.what == f"Database {db} is being migrated by another Prefect run"
+        assert err.value.why == f"its concurrency limit {limit_name(db)} stayed taken for 1 s"
+    finally:
+        done.set()
+        thread.join()
+    after = snapshot(db)
+    assert {k: v for k, v in after.items() if "liteshift_lock" not in k} == before
