@@ -168,7 +168,7 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
             lambda: ask_approval(render_plan(dry), cfg.database, cfg.approval_timeout_s),
             str,
         )
-    with one_run_per_database(cfg.database, cfg.queue_timeout_s):
+    with one_run_per_database(cfg.database, cfg.queue_timeout_s, cfg.busy_timeout_ms):
         if cfg.maintenance_window:  # again: queueing or approval may have outlasted the window
             _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
         with lock.held(cfg.database, cfg.busy_timeout_ms):

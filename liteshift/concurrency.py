@@ -5,8 +5,11 @@ run through, so the limit is created (one slot) before it is used, and used with
 
 A SIGKILLed holder cannot release its slot. A server revokes the expired lease within about
 LEASE_S; but leases live in the server's memory, so after an ephemeral API (`liteshift run`) or a
-restarted server nobody ever will. A slot that stays taken while the database's own liteshift
-lock has no live holder for ORPHAN_AFTER_S is therefore freed here, with a warning.
+restarted server nobody ever will. The database's own lock tells who is really there: a run holds
+the slot and, within its busy timeout, the lock row. A full slot is freed here, with a warning,
+when the lock row names a process of this host that is gone (after one more look), or when there
+is no live lock row for longer than a live run needs to write one. The lock inside SQLite stays
+the last word, so a wrong guess costs one refused run, never two writers.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from liteshift.report import slug
 
 PREFIX = "liteshift-db-"
 LEASE_S = 60.0
-ORPHAN_AFTER_S = LEASE_S + 15.0  # the lease, plus the server's repossessor loop
-POLL_S = 2.0
+POLL_S = 1.0
+GRACE_S = 5.0  # beyond the busy timeout: what a live run needs between its slot and its lock row
 
 
 class DatabaseBusy(BadInput):
@@ -65,6 +68,13 @@ def slot_orphaned(active_slots: int, limit: int, holder: lock.Holder | None, now
     return active_slots >= limit and (holder is None or holder.is_stale(now, lock.STALE_AFTER_S))
 
 
+def orphan_grace_s(holder: lock.Holder | None, busy_timeout_ms: int, now: float) -> float:
+    """How long a full slot must look orphaned before it is freed: the stronger the evidence, the less."""
+    if holder is not None and holder.is_stale(now, float("inf")):  # its pid is gone from this host
+        return POLL_S
+    return busy_timeout_ms / 1000 + GRACE_S
+
+
 def _lock_holder(database: Path) -> lock.Holder | None:
     if not Path(database).exists():
         return None
@@ -72,26 +82,31 @@ def _lock_holder(database: Path) -> lock.Holder | None:
         return lock.read_holder(con)
 
 
-def _orphaned_now(client: Any, database: Path, name: str) -> bool:
+def _orphan_grace_now(client: Any, database: Path, name: str, busy_timeout_ms: int) -> float | None:
+    """The grace a full, orphaned-looking slot gets now; None when the slot is not orphaned."""
     gcl = client.read_global_concurrency_limit_by_name(name)
-    return slot_orphaned(gcl.active_slots, gcl.limit, _lock_holder(database), time.time())
+    holder, now = _lock_holder(database), time.time()
+    if not slot_orphaned(gcl.active_slots, gcl.limit, holder, now):
+        return None
+    return orphan_grace_s(holder, busy_timeout_ms, now)
 
 
-def free_orphaned_slot(database: Path, name: str, after_s: float = ORPHAN_AFTER_S) -> bool:
-    """Free the slot when it stays orphaned for after_s (a live holder takes the lock in seconds)."""
+def free_orphaned_slot(database: Path, name: str, busy_timeout_ms: int = 5000) -> bool:
+    """Free the slot when it keeps looking orphaned for its grace; True when freed."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
     with get_client(sync_client=True) as client:
         since = time.monotonic()
-        while _orphaned_now(client, database, name):
-            if time.monotonic() - since >= after_s:
+        while (grace := _orphan_grace_now(client, database, name, busy_timeout_ms)) is not None:
+            waited = time.monotonic() - since
+            if waited >= grace:
                 client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
                 logging.getLogger(__name__).warning(
-                    "Freed the concurrency slot of %s: taken for %.0f s while %s had no live "
+                    "Freed the concurrency slot of %s: taken for %.1f s while %s had no live "
                     "liteshift lock (its run was killed)",
                     name,
-                    after_s,
+                    waited,
                     database,
                 )
                 return True
@@ -100,13 +115,13 @@ def free_orphaned_slot(database: Path, name: str, after_s: float = ORPHAN_AFTER_
 
 
 @contextmanager
-def one_run_per_database(database: Path, timeout_s: float) -> Iterator[str]:
+def one_run_per_database(database: Path, timeout_s: float, busy_timeout_ms: int = 5000) -> Iterator[str]:
     """Hold the database's slot for a block; raise DatabaseBusy when it stays taken past timeout_s."""
     from prefect.concurrency.sync import concurrency
 
     name = limit_name(database)
     ensure_limit(name)
-    free_orphaned_slot(database, name)
+    free_orphaned_slot(database, name, busy_timeout_ms)
     acquired = False
     try:
         # The shortest lease the server allows: a killed holder frees the slot within about a minute.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 from flows.migrate import build_config, migrate_database
 from flows.rollback import rollback_migration
 from liteshift import lock
-from liteshift.concurrency import limit_name, slot_orphaned
+from liteshift.concurrency import GRACE_S, POLL_S, limit_name, orphan_grace_s, slot_orphaned
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput
 from liteshift.window import WindowInvalid, enforce_window
@@ -106,3 +107,12 @@ def test_a_full_limit_is_orphaned_only_without_a_live_lock_holder():
     assert slot_orphaned(1, 1, _holder(os.getpid(), 400, "other-host"), now)  # silent for 400 s
     assert not slot_orphaned(1, 1, _holder(os.getpid(), 1), now)  # a live run migrating
     assert not slot_orphaned(0, 1, None, now)  # the slot is free anyway
+
+
+def test_orphan_grace_is_short_only_for_a_dead_process_of_this_host():
+    now = time.time()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert orphan_grace_s(_holder(dead.pid, 1), 5000, now) == POLL_S
+    assert orphan_grace_s(None, 5000, now) == 5.0 + GRACE_S  # a live run may wait busy_timeout for its lock
+    assert orphan_grace_s(_holder(1, 400, "other-host"), 2000, now) == 2.0 + GRACE_S
