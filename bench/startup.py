@@ -18,20 +18,20 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 OUT = ROOT / "bench" / "out" / "startup"
+
+from liteshift.stack import Stack, StackError, free_port, start, stop, wait_healthy  # noqa: E402
 
 PLAIN_FLOW = """
 from prefect import flow, task
@@ -67,48 +67,18 @@ def base_env(home: Path) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """`prefect server start` on a free loopback port; returns the process and its API URL."""
-    port = free_port()
-    env = base_env(home)
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    log = (OUT / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+def start_server() -> Stack:
+    """`prefect server start` on a free loopback port, with `make up`'s functions (stopped by PID)."""
+    stack = Stack(OUT / "server-stack", free_port())
+    start(
+        stack, "server", [stack.prefect, "server", "start", "--host", "127.0.0.1", "--port", str(stack.port)]
     )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    stop(proc)
-    raise SystemExit("prefect server did not become healthy in 120 s; see bench/out/startup/server.log")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process we started, by its PID (its own session): TERM, wait, then KILL."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, 15)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
+        wait_healthy(stack, timeout_s=120)
+    except StackError as exc:
+        stop(stack, "server", grace_s=20)
+        raise SystemExit(str(exc)) from None
+    return stack
 
 
 def ui_view(home: Path) -> dict[str, int]:
@@ -208,14 +178,14 @@ def main() -> None:
 
     server = None
     if "liteshift-server" in commands:
-        server_home = OUT / "server-home"
-        server, url = start_server(server_home)
+        server = start_server()
+        url = server.api_url
         for name, (_, env) in commands.items():
             if name == "liteshift-server" or name.startswith("server-"):
                 env["PREFECT_API_URL"] = url
             elif name.startswith("local-"):  # found by liteshift itself, PREFECT_API_URL unset
                 env["LITESHIFT_LOCAL_API"] = url
-        print(f"server: {url} (pid {server.pid})", file=sys.stderr)
+        print(f"server: {url} (run dir {server.run_dir})", file=sys.stderr)
     results: dict[str, dict[str, object]] = {}
     try:
         for cmd, env in commands.values():  # warm-up: first use of the home, caches
@@ -229,10 +199,10 @@ def main() -> None:
             results[name] = summarize(runs)
             if name.startswith(("liteshift", "local-", "server-")) or name in args_variants(args):
                 server_side = name == "liteshift-server" or name.startswith(("server-", "local-"))
-                results[name]["ui"] = ui_view(OUT / "server-home" if server_side else home)
+                results[name]["ui"] = ui_view(OUT / "server-stack" / "prefect-home" if server_side else home)
     finally:
         if server is not None:
-            stop(server)
+            stop(server, "server", grace_s=20)
     if "liteshift-fresh-home" in cases:
         runs = []
         for _ in range(args.fresh_repeat):

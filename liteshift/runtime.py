@@ -17,7 +17,6 @@ import atexit
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from liteshift.errors import MigrationError
+from liteshift.stack import free_port
 
 DEFAULTS = {
     # The API server tries to send telemetry to a network a maintenance host may not reach.
@@ -58,12 +58,6 @@ def _healthy(api_url: str, timeout_s: float) -> bool:
             return bool(response.status == 200)
     except (OSError, ValueError):
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _home() -> Path:
@@ -138,7 +132,7 @@ def connect_api() -> Api:
     if local and _healthy(local, 0.3):
         os.environ["PREFECT_API_URL"] = local
         return Api("local")
-    port = _free_port()
+    port = free_port()
     proc = _start_embedded(port)
     # Registered before Prefect registers its own exit handlers, so it runs after them: Prefect
     # first sends its last logs and events, then the server stops and writes them down.

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +13,7 @@ import pytest
 from checks import BIN
 
 from liteshift.demo import build_demo_db
+from liteshift.stack import Stack, free_port, start, stop, wait_healthy
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -70,63 +67,30 @@ def record() -> Callable[..., None]:
     return write
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """One local `prefect server` (loopback) shared by every `liteshift run` of the session.
 
     A run against it costs ~3-4 s instead of the ~8 s of an embedded API per process, and
-    concurrent runs do not fight over one embedded API database. Stopped by its PID at the end.
+    concurrent runs do not fight over one embedded API database. Started and stopped by PID with
+    the same functions as `make up` / `make down`.
     """
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    stack = Stack(
+        tmp_path_factory.mktemp("prefect-stack"),
+        free_port(),
+        extra_env=(
+            ("PREFECT_UI_ENABLED", "false"),
+            ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"),
+        ),
     )
-    url = f"http://127.0.0.1:{port}/api"
+    start(
+        stack, "server", [stack.prefect, "server", "start", "--host", "127.0.0.1", "--port", str(stack.port)]
+    )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"prefect server did not start; see {home / 'server.log'}") from None
-                time.sleep(0.5)
-        yield {**env, "PREFECT_API_URL": url}
+        wait_healthy(stack)
+        yield stack.env()
     finally:
-        _stop(server)
-        log.close()
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    """TERM the process group we started, wait, then KILL it."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop(stack, "server", grace_s=20)
 
 
 @pytest.fixture
