@@ -68,9 +68,9 @@ def slot_orphaned(active_slots: int, limit: int, holder: lock.Holder | None, now
     return active_slots >= limit and (holder is None or holder.is_stale(now, lock.STALE_AFTER_S))
 
 
-def orphan_grace_s(holder: lock.Holder | None, busy_timeout_ms: int, now: float) -> float:
+def orphan_grace_s(holder: lock.Holder | None, busy_timeout_ms: int) -> float:
     """How long a full slot must look orphaned before it is freed: the stronger the evidence, the less."""
-    if holder is not None and holder.is_stale(now, float("inf")):  # its pid is gone from this host
+    if holder is not None and holder.process_gone():
         return POLL_S
     return busy_timeout_ms / 1000 + GRACE_S
 
@@ -88,7 +88,7 @@ def _orphan_grace_now(client: Any, database: Path, name: str, busy_timeout_ms: i
     holder, now = _lock_holder(database), time.time()
     if not slot_orphaned(gcl.active_slots, gcl.limit, holder, now):
         return None
-    return orphan_grace_s(holder, busy_timeout_ms, now)
+    return orphan_grace_s(holder, busy_timeout_ms)
 
 
 def free_orphaned_slot(database: Path, name: str, busy_timeout_ms: int = 5000) -> bool:

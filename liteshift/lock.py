@@ -48,10 +48,13 @@ class Holder:
     acquired_at: float
     heartbeat_at: float
 
-    def is_stale(self, now: float, stale_after_s: float) -> bool:
-        if now - self.heartbeat_at > stale_after_s:
-            return True
+    def process_gone(self) -> bool:
+        """True when the holder ran on this host and its process no longer exists."""
         return self.host == socket.gethostname() and not _pid_alive(self.pid)
+
+    def is_stale(self, now: float, stale_after_s: float) -> bool:
+        """Its process is gone, or its heartbeat is older than stale_after_s."""
+        return now - self.heartbeat_at > stale_after_s or self.process_gone()
 
 
 def _pid_alive(pid: int) -> bool:

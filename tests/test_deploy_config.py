@@ -110,9 +110,8 @@ def test_a_full_limit_is_orphaned_only_without_a_live_lock_holder():
 
 
 def test_orphan_grace_is_short_only_for_a_dead_process_of_this_host():
-    now = time.time()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    assert orphan_grace_s(_holder(dead.pid, 1), 5000, now) == POLL_S
-    assert orphan_grace_s(None, 5000, now) == 5.0 + GRACE_S  # a live run may wait busy_timeout for its lock
-    assert orphan_grace_s(_holder(1, 400, "other-host"), 2000, now) == 2.0 + GRACE_S
+    assert orphan_grace_s(_holder(dead.pid, 1), 5000) == POLL_S
+    assert orphan_grace_s(None, 5000) == 5.0 + GRACE_S  # a live run may wait busy_timeout for its lock
+    assert orphan_grace_s(_holder(1, 400, "other-host"), 2000) == 2.0 + GRACE_S
