@@ -190,7 +190,7 @@ def _dead_run_warning(cfg: RunConfig) -> list[str]:
 def _locked_pipeline(cfg: RunConfig, report: RunReport, v: Any) -> None:
     """From the benchmark to the rollback, under the database's own liteshift lock."""
     logger = get_run_logger()
-    queries = [q for m in mig.load_migrations(cfg.migrations_dir) if m.label in v.pending for q in m.queries]
+    queries = v.queries
     before = _step(
         report,
         "benchmark-before",

@@ -321,7 +321,6 @@ class Rehearsal:
 
     indexes: dict[str, IndexDef]  # declared definitions of created indexes
     touched_tables: tuple[str, ...]
-    dropped_indexes: tuple[str, ...]
     index_only: bool
 
 
@@ -371,7 +370,6 @@ def rehearse(con: sqlite3.Connection, migrations: list[Migration]) -> Rehearsal:
     return Rehearsal(
         indexes=created,
         touched_tables=tuple(t for t in touched if not t.startswith(("sqlite_", "liteshift_"))),
-        dropped_indexes=tuple(sorted(k for k in before if k not in after and before[k][1] == "index")),
         index_only=all(INDEX_ONLY_RE.match(s) for s in statements),
     )
 

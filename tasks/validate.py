@@ -42,7 +42,7 @@ class Validation:
     touched_tables: list[str]
     indexes: dict[str, mig.IndexDef]
     index_only: bool
-    has_downs: bool
+    queries: list[mig.Query]  # what the pending migrations declare they serve, in order
     free_bytes: int
     required_bytes: int
     check: str
@@ -66,7 +66,7 @@ def validate_database(cfg: RunConfig) -> Validation:
         _foreign_keys(con, db)
         mode = journal_mode(con)
         size = page_bytes(con)
-        rehearsal = mig.rehearse(con, todo) if todo else mig.Rehearsal({}, (), (), True)
+        rehearsal = mig.rehearse(con, todo) if todo else mig.Rehearsal({}, (), True)
         existing: list[str] = []
         if todo:
             existing = _same_name_indexes(con, rehearsal)
@@ -90,10 +90,10 @@ def validate_database(cfg: RunConfig) -> Validation:
         journal_mode=mode,
         applied=sorted(applied),
         pending=[m.label for m in todo],
+        queries=[q for m in todo for q in m.queries],
         touched_tables=list(rehearsal.touched_tables),
         indexes=rehearsal.indexes,
         index_only=rehearsal.index_only,
-        has_downs=all(m.down for m in todo),
         free_bytes=free,
         required_bytes=required,
         check=check,
