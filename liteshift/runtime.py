@@ -20,13 +20,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from liteshift.errors import MigrationError
-from liteshift.stack import free_port
+from liteshift.stack import free_port, healthy
 
 DEFAULTS = {
     # The API server tries to send telemetry to a network a maintenance host may not reach.
@@ -50,14 +49,6 @@ def configure_prefect(verbose: bool = False) -> None:
         if verbose and "CONSOLE" in key:
             continue
         os.environ.setdefault(key, value)
-
-
-def _healthy(api_url: str, timeout_s: float) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as response:
-            return bool(response.status == 200)
-    except (OSError, ValueError):
-        return False
 
 
 def _home() -> Path:
@@ -87,7 +78,7 @@ def _wait_healthy(proc: subprocess.Popen[bytes], api_url: str) -> bool:
     timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 20))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if _healthy(api_url, 1.0):
+        if healthy(api_url, 1.0):
             return True
         time.sleep(0.02)
     return False
@@ -129,7 +120,7 @@ def connect_api() -> Api:
     if os.environ.get("PREFECT_API_URL"):
         return Api("configured")
     local = os.environ.get("LITESHIFT_LOCAL_API", LOCAL_API)
-    if local and _healthy(local, 0.3):
+    if local and healthy(local, 0.3):
         os.environ["PREFECT_API_URL"] = local
         return Api("local")
     port = free_port()

@@ -149,6 +149,15 @@ def stop(stack: Stack, name: str, grace_s: float = 30.0) -> str:
     return f"pid {pid} {outcome}"
 
 
+def healthy(api_url: str, timeout_s: float) -> bool:
+    """True when a Prefect API answers 200 on its /health endpoint."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
 def wait_healthy(stack: Stack, timeout_s: float = 90.0) -> float:
     """Poll /api/health until the server answers; return the seconds it took."""
     start_t = time.monotonic()
@@ -156,12 +165,8 @@ def wait_healthy(stack: Stack, timeout_s: float = 90.0) -> float:
         pid = int(stack.pidfile("server").read_text())
         if not alive(pid):
             raise StackError(f"prefect server exited; see {stack.run_dir / 'server.log'}")
-        try:
-            with urllib.request.urlopen(f"{stack.api_url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.monotonic() - start_t
-        except OSError:
-            pass
+        if healthy(stack.api_url, 2.0):
+            return time.monotonic() - start_t
         time.sleep(0.5)
     raise StackError(f"prefect server not healthy after {timeout_s:g} s; see {stack.run_dir / 'server.log'}")
 
