@@ -32,17 +32,17 @@ test: lint typecheck
 # A local Prefect server (127.0.0.1:$PREFECT_PORT, default 4200), the process pool "liteshift",
 # its worker and the deployments; PIDs and logs in .run/. `make down` stops exactly those PIDs.
 up: install
-	$(BIN)/python -m liteshift.stack up
+	$(BIN)/python deployments/stack.py up
 
 down:
-	$(BIN)/python -m liteshift.stack down
+	$(BIN)/python deployments/stack.py down
 
 # (Re)install the zombie-run automation on the server `make up` started.
 automations: install
-	$(BIN)/python -m liteshift.stack automations
+	$(BIN)/python deployments/stack.py automations
 
 clean:
-	rm -rf $(VENV) .prefect data reports .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .prefect data reports build dist .mypy_cache .ruff_cache .pytest_cache
 
 # The long reliability matrix (every kill point, concurrent writers): see docs/RELIABILITY.md.
 .PHONY: reliability

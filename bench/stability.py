@@ -25,10 +25,10 @@ OUT = ROOT / "bench" / "out"
 
 FLOW_CALL = """
 import json, sys
-from liteshift.runtime import command_settings, configure_prefect, connect_api
+from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
 configure_prefect()
 api = connect_api()
-from flows.migrate import migrate_database
+from liteshift.flows.migrate import migrate_database
 api.wait()
 with command_settings():
     s = migrate_database(database=sys.argv[1], backup_dir=sys.argv[2], report_dir=sys.argv[2],

@@ -27,11 +27,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "deployments"))  # stack.py, the make-up tooling
 BIN = Path(sys.executable).parent
 OUT = ROOT / "bench" / "out" / "startup"
 
-from liteshift.stack import Stack, StackError, free_port, start, stop, wait_healthy  # noqa: E402
+from stack import Stack, StackError, start, stop, wait_healthy  # noqa: E402
+
+from liteshift.flows.runtime import free_port  # noqa: E402
 
 PLAIN_FLOW = """
 from prefect import flow, task

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from liteshift.errors import BadInput
 from liteshift.window import parse_window
 
-DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_ENV = "LITESHIFT_MIGRATIONS_DIR"
+REPORTS_ENV = "LITESHIFT_REPORT_DIR"
+# The demo's own migration ships inside the package, so `liteshift demo` works from anywhere.
+DEMO_MIGRATIONS_DIR = Path(__file__).with_name("demo_migrations")
+
+
+def default_migrations_dir() -> Path:
+    """Where the user stands, like dbmate: $LITESHIFT_MIGRATIONS_DIR, else ./migrations."""
+    return Path(os.environ.get(MIGRATIONS_ENV) or "migrations")
+
+
+def default_report_dir() -> Path:
+    """$LITESHIFT_REPORT_DIR, else ./reports (relative to the working directory)."""
+    return Path(os.environ.get(REPORTS_ENV) or "reports")
 
 
 class RunConfig(BaseModel):
@@ -18,25 +33,34 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     database: Path = Field(description="The SQLite file to migrate.")
-    migrations_dir: Path = Field(DEFAULT_MIGRATIONS_DIR, description="Where NNN_slug.sql live.")
+    migrations_dir: Path = Field(
+        default_factory=default_migrations_dir,
+        description=f"Where NNN_slug.sql live; default ${MIGRATIONS_ENV}, else ./migrations.",
+    )
     backup_dir: Path | None = Field(None, description="Backups go here; default: beside the database.")
-    report_dir: Path = Field(Path("reports"), description="Execution reports (markdown and JSON).")
+    report_dir: Path = Field(
+        default_factory=default_report_dir,
+        description=f"Execution reports (markdown and JSON); default ${REPORTS_ENV}, else ./reports.",
+    )
     integrity: Literal["quick", "full"] = Field(
         "quick", description="Pre-flight check: quick_check (default) or the full integrity_check."
     )
     disk_factor: float = Field(
         2.0, gt=0, description="Free space required, as a multiple of the database size."
     )
-    busy_timeout_ms: int = Field(5000, ge=0, description="How long to wait for a lock.")
+    busy_timeout_ms: int = Field(5000, ge=0, description="How long to wait for a lock, in ms.")
     retries: int = Field(3, ge=0, description="Retries of a safe step on a locked database.")
-    retry_delay_s: float = Field(2.0, ge=0, description="First retry delay; doubles each time.")
+    retry_delay_s: float = Field(2.0, ge=0, description="First retry delay in seconds; doubles each time.")
     plan_check: Literal["fail", "warn"] = Field(
         "fail", description="When a declared query does not use its expected index."
     )
     bench_min_runs: int = Field(7, ge=1, description="Fewest timed runs of each declared query.")
     bench_max_runs: int = Field(200, ge=1, description="Most timed runs of each declared query.")
     bench_budget_s: float = Field(
-        1.0, ge=0, description="Time spent timing each query, per phase, once min runs are done."
+        1.0,
+        ge=0,
+        description="Most seconds spent timing each declared query once min runs are done (before on "
+        "the backup and after on the database, interleaved); it stops sooner once both medians settle.",
     )
     maintenance_window: str | None = Field(
         None,
@@ -46,9 +70,9 @@ class RunConfig(BaseModel):
     require_approval: bool = Field(
         False, description="Pause after validation with the dry-run plan until a person approves."
     )
-    approval_timeout_s: int = Field(3600, gt=0, description="How long a paused run waits for an answer.")
+    approval_timeout_s: int = Field(3600, gt=0, description="Seconds a paused run waits for an answer.")
     queue_timeout_s: float = Field(
-        600.0, ge=0, description="How long to wait while another run migrates the same database."
+        600.0, ge=0, description="Seconds to wait while another run migrates the same database."
     )
 
     @field_validator("database", "migrations_dir", "report_dir", "backup_dir")
@@ -66,3 +90,37 @@ class RunConfig(BaseModel):
     @property
     def backup_directory(self) -> Path:
         return self.backup_dir if self.backup_dir is not None else self.database.parent
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, Any]) -> RunConfig:
+        """Validate flat parameters (None: the default) or raise BadInput naming the field."""
+        try:
+            return cls(**{k: v for k, v in params.items() if v is not None})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise BadInput(
+                f"Invalid parameter {field}",
+                first["msg"],
+                "see 'liteshift run --help' for the accepted values",
+            ) from None
+
+    def flow_parameters(self) -> dict[str, Any]:
+        """The flat, JSON-safe parameters of the migrate-database flow for this config."""
+        return self.model_dump(mode="json")
+
+
+# The command-line option of each field, where it is not "--" + the field name with dashes.
+CLI_FLAGS = {
+    "migrations_dir": "--migrations",
+    "busy_timeout_ms": "--busy-timeout",
+    "retry_delay_s": "--retry-delay",
+    "bench_budget_s": "--bench-budget",
+    "approval_timeout_s": "--approval-timeout",
+    "queue_timeout_s": "--queue-timeout",
+}
+
+
+def cli_flag(field: str) -> str:
+    """The `liteshift run` option that sets a RunConfig field."""
+    return CLI_FLAGS.get(field, "--" + field.replace("_", "-"))

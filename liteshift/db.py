@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from liteshift.errors import BadInput, DatabaseLocked
+from liteshift.sql import quote_ident
 
 SQLITE_HEADER = b"SQLite format 3\x00"
-TRACKING_TABLE = "liteshift_migrations"
+CORRUPT_HINT = (
+    "restore the database from your last good backup or run "
+    "'sqlite3 DB .recover'; liteshift will not migrate a damaged file"
+)
 INTERNAL_PREFIXES = ("sqlite_", "liteshift_")
-
-
-def quote_ident(name: str) -> str:
-    """Quote an SQL identifier (table, index, column) for SQLite."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def is_locked_error(exc: BaseException) -> bool:
@@ -60,9 +59,17 @@ def check_is_sqlite_file(path: Path) -> None:
         )
 
 
-def connect(path: Path | str, busy_timeout_ms: int = 5000, readonly: bool = False) -> sqlite3.Connection:
-    """Open a connection in autocommit mode: the caller issues BEGIN/COMMIT itself."""
-    if readonly:
+def connect(
+    path: Path | str, busy_timeout_ms: int = 5000, readonly: bool = False, immutable: bool = False
+) -> sqlite3.Connection:
+    """Open a connection in autocommit mode: the caller issues BEGIN/COMMIT itself.
+
+    immutable: read a file nothing writes (a finished backup) without locks or a -shm file.
+    """
+    if immutable:
+        uri = f"file:{Path(path).resolve()}?mode=ro&immutable=1"
+        con = sqlite3.connect(uri, uri=True, isolation_level=None)
+    elif readonly:
         uri = f"file:{Path(path).resolve()}?mode=ro"
         con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000)
     else:
@@ -73,10 +80,10 @@ def connect(path: Path | str, busy_timeout_ms: int = 5000, readonly: bool = Fals
 
 @contextmanager
 def connection(
-    path: Path | str, busy_timeout_ms: int = 5000, readonly: bool = False
+    path: Path | str, busy_timeout_ms: int = 5000, readonly: bool = False, immutable: bool = False
 ) -> Iterator[sqlite3.Connection]:
     """A connection that is always closed, and never left inside a transaction."""
-    con = connect(path, busy_timeout_ms, readonly)
+    con = connect(path, busy_timeout_ms, readonly, immutable)
     try:
         yield con
     finally:
@@ -104,11 +111,6 @@ def user_tables(con: sqlite3.Connection) -> list[str]:
     """Names of the user's tables (not SQLite's nor liteshift's own)."""
     rows = con.execute("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").fetchall()
     return [r[0] for r in rows if not r[0].startswith(INTERNAL_PREFIXES)]
-
-
-def table_columns(con: sqlite3.Connection, table: str) -> list[str]:
-    """Column names of one table, in order."""
-    return [r[1] for r in con.execute(f"PRAGMA table_xinfo({quote_ident(table)})")]
 
 
 def row_counts(con: sqlite3.Connection, tables: list[str] | None = None) -> dict[str, int]:
@@ -147,15 +149,6 @@ def journal_mode(con: sqlite3.Connection) -> str:
     return str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower()
 
 
-def file_bytes(path: Path) -> int:
-    """Bytes of the database including a -wal file beside it."""
-    total = path.stat().st_size
-    wal = path.with_name(path.name + "-wal")
-    if wal.exists():
-        total += wal.stat().st_size
-    return total
-
-
 def page_bytes(con: sqlite3.Connection) -> int:
     """Logical size of the database: page_count x page_size (includes committed WAL pages)."""
     count = con.execute("PRAGMA page_count").fetchone()[0]
@@ -163,10 +156,49 @@ def page_bytes(con: sqlite3.Connection) -> int:
     return int(count) * int(size)
 
 
-def schema_sql(con: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
-    """(type, name, tbl_name, sql) of every user schema object, stable order."""
-    rows = con.execute(
-        "SELECT type, name, tbl_name, sql FROM sqlite_schema "
-        "WHERE name NOT LIKE 'sqlite_%' AND name NOT LIKE 'liteshift_%' ORDER BY type, name"
-    ).fetchall()
-    return [tuple(r) for r in rows]
+def backup_pages(
+    src: sqlite3.Connection, dst: sqlite3.Connection, during: Callable[[], None] | None = None
+) -> None:
+    """Copy every page of src into dst with SQLite's online backup API, in one step.
+
+    One step, because a stepped backup restarts whenever another connection writes the source
+    and, under a steady writer, never finishes. `during` is called once, after the pages are
+    written and before the copy is finished (the fault-injection suite kills a run there).
+    """
+    src.backup(dst, pages=-1, progress=(lambda *_: during()) if during else None)
+
+
+def copy_to_new_file(
+    src: sqlite3.Connection, target: Path, during: Callable[[], None] | None = None, label: str = "copy"
+) -> None:
+    """Copy a database into a new file, unjournaled and unsynced: a broken copy is thrown away.
+
+    The caller fsyncs what it keeps. A full disk becomes BadInput naming the file.
+    """
+    dst = sqlite3.connect(str(target), isolation_level=None)
+    try:
+        dst.execute("PRAGMA journal_mode = OFF")
+        dst.execute("PRAGMA synchronous = OFF")
+        backup_pages(src, dst, during)
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc).lower() or "disk" in str(exc).lower():
+            raise BadInput(
+                f"The {label} {target.name} could not be written",
+                str(exc),
+                "free space in the backup directory or pass another --backup-dir; "
+                "the database was not changed",
+            ) from exc
+        raise
+    finally:
+        dst.close()
+
+
+def measure_sizes(database: Path, names: list[str]) -> tuple[int, dict[str, int]]:
+    """Logical size of the database and bytes per named index or table (dbstat)."""
+    with connection(database) as con:
+        total = page_bytes(con)
+        sizes = {}
+        for name in names:
+            row = con.execute("SELECT sum(pgsize) FROM dbstat WHERE name = ?", (name,)).fetchone()
+            sizes[name] = int(row[0] or 0)
+    return total, sizes

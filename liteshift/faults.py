@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Literal, get_args
 
 ENV = "LITESHIFT_KILL_AT"
 
 # Every point, in the order a run reaches them; tests/reliability kills a run at each one.
-POINTS = (
+Point = Literal[
     "validate-start",
     "validate-end",
     "lock-acquired",
-    "benchmark-before",
     "backup-partial-created",
     "backup-copying",
     "backup-copied",
@@ -36,10 +36,20 @@ POINTS = (
     "rollback-verified",
     "lock-before-release",
     "report-written",
-)
+]
+POINTS: tuple[Point, ...] = get_args(Point)
 
 
-def point(name: str) -> None:
+class UnknownPoint(ValueError):
+    """LITESHIFT_KILL_AT or a call names a point that does not exist (a typo would never fire)."""
+
+
+def point(name: Point) -> None:
     """SIGKILL this process when LITESHIFT_KILL_AT equals name."""
-    if os.environ.get(ENV) == name:
+    if name not in POINTS:
+        raise UnknownPoint(f"{name!r} is not a fault point; see liteshift.faults.POINTS")
+    wanted = os.environ.get(ENV)
+    if wanted and wanted not in POINTS:
+        raise UnknownPoint(f"{ENV}={wanted!r} names no fault point; see liteshift.faults.POINTS")
+    if wanted == name:
         os.kill(os.getpid(), signal.SIGKILL)

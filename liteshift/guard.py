@@ -1,8 +1,9 @@
 """Where a deployment run may read and write: its parameters come from anyone with the UI or API.
 
 A command-line run trusts the paths its user typed. A deployment run accepts only paths under the
-allowed roots (LITESHIFT_ALLOWED_ROOTS, separated like PATH; default: the project's data/), and
-migrations only from the project's migrations/ or an allowed root. Symlinks and '..' are resolved
+allowed roots (LITESHIFT_ALLOWED_ROOTS, separated like PATH; default: ./data in the deployment's
+working directory), migrations only from the default migrations directory or an allowed root, and
+reports only in the default report directory or an allowed root. Symlinks and '..' are resolved
 before comparing, and the check runs before anything is written.
 """
 
@@ -11,13 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from liteshift.config import DEFAULT_MIGRATIONS_DIR, RunConfig
+from liteshift.config import RunConfig, default_migrations_dir, default_report_dir
 from liteshift.errors import BadInput
 
 ENV = "LITESHIFT_ALLOWED_ROOTS"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = PROJECT_ROOT / "data"
-REPORTS_DIR = PROJECT_ROOT / "reports"
+DATA_DIR = Path("data")  # relative to the working directory the deployment sets
 
 
 class PathNotAllowed(BadInput):
@@ -25,7 +24,7 @@ class PathNotAllowed(BadInput):
 
 
 def allowed_roots() -> list[Path]:
-    """The configured roots, resolved; the project's data/ when none is configured."""
+    """The configured roots, resolved; ./data when none is configured."""
     raw = [p for p in os.environ.get(ENV, "").split(os.pathsep) if p.strip()]
     return [Path(os.path.realpath(p)) for p in raw] or [Path(os.path.realpath(DATA_DIR))]
 
@@ -53,21 +52,14 @@ def check_deployment_paths(cfg: RunConfig) -> None:
     roots = allowed_roots()
     require_under(cfg.database, "database", roots)
     require_under(cfg.backup_directory, "backup directory", roots)
-    require_under(cfg.report_dir, "report directory", [*roots, REPORTS_DIR])
-    require_under(cfg.migrations_dir, "migrations directory", [*roots, DEFAULT_MIGRATIONS_DIR])
+    require_under(cfg.report_dir, "report directory", [*roots, default_report_dir()])
+    require_under(cfg.migrations_dir, "migrations directory", [*roots, default_migrations_dir()])
 
 
 def check_rollback_paths(database: str, migrations_dir: Path | str, backup_path: str | None) -> None:
     """The rollback deployment's paths: the same roots as a migration run."""
     roots = allowed_roots()
     require_under(database, "database", roots)
-    require_under(migrations_dir, "migrations directory", [*roots, DEFAULT_MIGRATIONS_DIR])
+    require_under(migrations_dir, "migrations directory", [*roots, default_migrations_dir()])
     if backup_path:
         require_under(backup_path, "backup", roots)
-
-
-def is_deployment_run() -> bool:
-    """True inside a flow run started from a deployment (or its subflow); a CLI run has no deployment."""
-    from prefect.runtime import deployment
-
-    return bool(deployment.id)

@@ -113,6 +113,15 @@ def clear_stale(database: Path, busy_timeout_ms: int = 5000, stale_after_s: floa
     return dead
 
 
+def dead_run_message(dead: Holder) -> str:
+    """The warning for a run that died holding the lock after its commit."""
+    return (
+        f"a previous run (host {dead.host} pid {dead.pid}) died while holding the lock; its lock "
+        "was cleared. Its migrations are applied, but its verification and report may be missing: "
+        "check the indexes and the last report"
+    )
+
+
 def release(database: Path, token: str, busy_timeout_ms: int = 5000) -> None:
     """Remove the lock row if it is still ours."""
     with connection(database, busy_timeout_ms) as con:

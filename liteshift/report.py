@@ -1,21 +1,43 @@
-"""The execution report: measured figures only, as markdown (artifact and file) and JSON."""
+"""The execution report: measured figures only, as markdown (artifact and file) and JSON.
+
+The report keeps the steps' typed results; the renderers read them as they are.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from liteshift.db import connection, page_bytes
+from liteshift.tasks.backup import Backup
+from liteshift.tasks.integrity import Integrity
+from liteshift.tasks.query_plan import QueryResult, Timing
+from liteshift.tasks.rollback import Rollback
+from liteshift.tasks.verify_indexes import IndexReport
+
+RunStatus = Literal["running", "completed", "failed", "refused", "nothing-to-do"]
+StepState = Literal["passed", "failed", "skipped"]
 
 
 def slug(text: str) -> str:
-    """An artifact key from a database name: lowercase letters, digits and dashes only."""
+    """An artifact key from a name: lowercase letters, digits and dashes only."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-") or "db"
+
+
+def db_key(database: Path | str) -> str:
+    """A readable, unique name for a database: its file name and a short hash of its resolved path.
+
+    tenants/a/app.db and tenants/b/app.db get different keys, so their reports, artifacts, tags and
+    concurrency limits never overwrite each other.
+    """
+    resolved = str(Path(database).expanduser().resolve())
+    digest = hashlib.sha256(resolved.encode()).hexdigest()[:8]
+    return f"{slug(Path(resolved).name)[:40]}-{digest}"
 
 
 @dataclass
@@ -23,7 +45,7 @@ class StepRecord:
     """One step as the report shows it."""
 
     name: str
-    state: str  # passed | failed | skipped
+    state: StepState
     seconds: float
     detail: str = ""
 
@@ -34,30 +56,35 @@ class RunReport:
 
     database: str
     started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    status: str = "running"
+    status: RunStatus = "running"
     flow_run_id: str | None = None
     pending: list[str] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     size_before: int | None = None
     size_after: int | None = None
-    backup: dict[str, Any] | None = None
+    backup: Backup | None = None
+    seconds_to_lock: float | None = None  # from the run's start to the migration's write lock
     lock_seconds: float | None = None
     lock_wait_seconds: float | None = None
     checkpoint_seconds: float | None = None
     journal_mode: str | None = None
-    indexes: list[dict[str, Any]] = field(default_factory=list)
+    indexes: list[IndexReport] = field(default_factory=list)
     index_bytes: dict[str, int] = field(default_factory=dict)
-    integrity: dict[str, Any] | None = None
-    queries: list[dict[str, Any]] = field(default_factory=list)
-    rollback: dict[str, Any] | None = None
+    integrity: Integrity | None = None
+    queries: list[QueryResult] = field(default_factory=list)
+    rollback: Rollback | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     report_path: str | None = None
-    _t0: float = field(default_factory=time.perf_counter, repr=False)
+    t0: float = field(default_factory=time.perf_counter, repr=False)  # perf_counter at the start
 
-    def record(self, name: str, state: str, seconds: float, detail: str = "") -> None:
+    def record(self, name: str, state: StepState, seconds: float, detail: str = "") -> None:
         self.steps.append(StepRecord(name, state, round(seconds, 4), detail))
+
+    @property
+    def key(self) -> str:
+        return db_key(self.database)
 
     @property
     def growth_pct(self) -> float | None:
@@ -67,20 +94,22 @@ class RunReport:
 
     @property
     def total_seconds(self) -> float:
-        return time.perf_counter() - self._t0
+        return time.perf_counter() - self.t0
 
     def summary(self) -> dict[str, Any]:
         """The one JSON object `liteshift run --json` prints."""
-        data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        data = {k: v for k, v in asdict(self).items() if k != "t0"}
+        if self.backup is not None:
+            data["backup"]["counts"] = self.backup.counts
         data["growth_pct"] = None if self.growth_pct is None else round(self.growth_pct, 2)
         data["total_seconds"] = round(self.total_seconds, 3)
         return data
 
     def write(self, report_dir: Path) -> Path:
-        """Write <db>-<timestamp>.md and .json under report_dir; return the markdown path."""
+        """Write <db key>-<timestamp>.md and .json under report_dir; return the markdown path."""
         report_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S_%f")
-        base = report_dir / f"{slug(Path(self.database).name)}-{stamp}"
+        base = report_dir / f"{self.key}-{stamp}"
         md = base.with_suffix(".md")
         self.report_path = str(md)
         md.write_text(render_markdown(self), "utf-8")
@@ -88,23 +117,14 @@ class RunReport:
         return md
 
 
-def measure_sizes(database: Path, names: list[str]) -> tuple[int, dict[str, int]]:
-    """Logical size of the database and bytes per named index or table (dbstat)."""
-    with connection(database) as con:
-        total = page_bytes(con)
-        sizes = {}
-        for name in names:
-            row = con.execute("SELECT sum(pgsize) FROM dbstat WHERE name = ?", (name,)).fetchone()
-            sizes[name] = int(row[0] or 0)
-    return total, sizes
-
-
 def _mb(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 1e6:.2f} MB"
 
 
-def _ms(t: dict[str, Any] | None, key: str) -> str:
-    return "—" if not t else f"{t[key]:.3f}"
+def _ms(t: Timing | None, which: Literal["p50", "p95"]) -> str:
+    if t is None:
+        return "—"
+    return f"{t.p50_ms if which == 'p50' else t.p95_ms:.3f}"
 
 
 def render_markdown(r: RunReport) -> str:
@@ -127,44 +147,21 @@ def render_markdown(r: RunReport) -> str:
     lines += [
         f"| {s.name} | {ok.get(s.state, s.state)} {s.state} | {s.seconds:.3f} | {s.detail} |" for s in r.steps
     ]
-    if r.backup:
-        b = r.backup
-        lines += [
-            "",
-            "## Backup",
-            "",
-            f"- File: `{b['path']}`",
-            f"- Size: {_mb(b['bytes'])}; copied in {b['seconds']:.3f} s "
-            f"({b['mb_per_s']:.0f} MB/s); verified (quick_check, rows per table) in "
-            f"{b['verify_seconds']:.3f} s; fsync {b.get('sync_seconds', 0):.3f} s",
-        ]
-    if r.lock_seconds is not None:
-        lines += [
-            "",
-            "## Migration",
-            "",
-            f"- Write lock held: {r.lock_seconds:.3f} s (waited {r.lock_wait_seconds or 0:.3f} s to get it)",
-        ]
-        if r.checkpoint_seconds is not None:
-            lines.append(
-                f"- WAL checkpoint after the commit: {r.checkpoint_seconds:.3f} s (writers are not blocked)"
-            )
+    lines += _backup_section(r.backup) + _migration_section(r)
     if r.indexes:
         lines += ["", "## Indexes", "", "| Index | Definition | Size |", "|---|---|---|"]
-        lines += [
-            f"| {i['name']} | `{i['definition']}` | {_mb(r.index_bytes.get(i['name']))} |" for i in r.indexes
-        ]
+        lines += [f"| {i.name} | `{i.definition}` | {_mb(r.index_bytes.get(i.name))} |" for i in r.indexes]
     if r.integrity:
         g = r.integrity
         lines += [
             "",
             "## Integrity",
             "",
-            f"- integrity_check of {', '.join(g['checked_tables'])}: ok",
-            f"- foreign key violations: {g['foreign_key_violations']}",
-            f"- rows changed by the migration: {g['rows_changed']}",
+            f"- integrity_check of {', '.join(g.checked_tables)}: ok",
+            f"- foreign key violations: {g.foreign_key_violations}",
+            f"- rows changed by the migration: {g.rows_changed}",
         ]
-        lines += [f"- {t}: {n:,} rows" for t, n in g["counts"].items()]
+        lines += [f"- {t}: {n:,} rows" for t, n in g.counts.items()]
     if r.queries:
         lines += _query_section(r.queries)
     lines += [
@@ -176,18 +173,45 @@ def render_markdown(r: RunReport) -> str:
     ]
     if r.rollback:
         rb = r.rollback
-        lines += ["", "## Rollback", "", f"- Action: {rb.get('action')}: {rb.get('message')}"]
-        lines += [f"- Verified: {v}" for v in rb.get("verified", [])]
+        lines += ["", "## Rollback", "", f"- Action: {rb.action}: {rb.message}"]
+        lines += [f"- Verified: {v}" for v in rb.verified]
     if r.warnings:
         lines += ["", "## Warnings", ""] + [f"- ⚠️ {w}" for w in r.warnings]
     return "\n".join(lines) + "\n"
 
 
-def _batched(timing: dict[str, Any] | None) -> bool:
-    return bool(timing and timing.get("batch", 1) > 1)
+def _backup_section(b: Backup | None) -> list[str]:
+    if b is None:
+        return []
+    return [
+        "",
+        "## Backup",
+        "",
+        f"- File: `{b.path}`",
+        f"- Size: {_mb(b.bytes)}; copied in {b.seconds:.3f} s ({b.mb_per_s:.0f} MB/s); verified "
+        f"(quick_check, rows per table) in {b.verify_seconds:.3f} s; fsync {b.sync_seconds:.3f} s",
+    ]
 
 
-def _query_section(queries: list[dict[str, Any]]) -> list[str]:
+def _migration_section(r: RunReport) -> list[str]:
+    if r.lock_seconds is None:
+        return []
+    lines = [
+        "",
+        "## Migration",
+        "",
+        f"- Write lock held: {r.lock_seconds:.3f} s (waited {r.lock_wait_seconds or 0:.3f} s to get it)",
+    ]
+    if r.seconds_to_lock is not None:
+        lines.append(f"- From the run's start to the write lock: {r.seconds_to_lock:.3f} s")
+    if r.checkpoint_seconds is not None:
+        lines.append(
+            f"- WAL checkpoint after the commit: {r.checkpoint_seconds:.3f} s (writers are not blocked)"
+        )
+    return lines
+
+
+def _query_section(queries: list[QueryResult]) -> list[str]:
     lines = [
         "",
         "## Query plans and timings",
@@ -197,15 +221,14 @@ def _query_section(queries: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for q in queries:
-        b, a = q.get("before"), q.get("after")
-        runs = f"{b['runs'] if b else 0} / {a['runs'] if a else 0}"
+        b, a = q.before, q.after
+        index = q.plan.index or "none (" + "; ".join(q.plan.detail) + ")"
         lines.append(
-            f"| {q['name']} | {q['plan']['index'] or 'none (' + '; '.join(q['plan']['detail']) + ')'} "
-            f"| {', '.join(q['plan']['equality']) or '—'} | {', '.join(q['plan']['range']) or '—'} "
-            f"| {_ms(b, 'p50_ms')} / {_ms(b, 'p95_ms')} | {_ms(a, 'p50_ms')} / {_ms(a, 'p95_ms')} "
-            f"| {runs} |"
+            f"| {q.name} | {index} | {', '.join(q.plan.equality) or '—'} | {', '.join(q.plan.range) or '—'} "
+            f"| {_ms(b, 'p50')} / {_ms(b, 'p95')} | {_ms(a, 'p50')} / {_ms(a, 'p95')} "
+            f"| {b.runs if b else 0} / {a.runs if a else 0} |"
         )
-    batched = [q["name"] for q in queries for t in (q.get("before"), q.get("after")) if _batched(t)]
+    batched = [q.name for q in queries for t in (q.before, q.after) if t is not None and t.batch > 1]
     if batched:
         lines += [
             "",
@@ -213,17 +236,16 @@ def _query_section(queries: list[dict[str, Any]]) -> list[str]:
             f"({', '.join(dict.fromkeys(batched))}): their p50 / p95 are of per-batch means.",
         ]
     for q in queries:
-        if q.get("suggestion"):
-            t = q.get("suggestion_timing") or {}
-            plan = q.get("suggestion_plan") or {}
+        if q.suggestion:
+            t, plan = q.suggestion_timing, q.suggestion_plan
             lines += [
                 "",
-                f"**Suggestion for {q['name']}**: compare the range form "
+                f"**Suggestion for {q.name}**: compare the range form "
                 "(equivalent when the column holds ISO-8601 text without a time-zone offset):",
                 "",
-                f"```sql\n{q['suggestion']}\n```",
-                f"Plan: `{'; '.join(plan.get('detail', []))}`; p50 {_ms(t, 'p50_ms')} ms, "
-                f"p95 {_ms(t, 'p95_ms')} ms over {t.get('runs', 0)} runs, against "
-                f"{_ms(q.get('after'), 'p50_ms')} ms for the original.",
+                f"```sql\n{q.suggestion}\n```",
+                f"Plan: `{'; '.join(plan.detail if plan else [])}`; p50 {_ms(t, 'p50')} ms, "
+                f"p95 {_ms(t, 'p95')} ms over {t.runs if t else 0} runs, against "
+                f"{_ms(q.after, 'p50')} ms for the original.",
             ]
     return lines

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from liteshift import faults
 from liteshift.config import RunConfig
-from liteshift.db import connection, fingerprint, page_bytes, pragma_check
+from liteshift.db import connection, copy_to_new_file, fingerprint, page_bytes, pragma_check
 from liteshift.errors import BadInput, CheckFailed
-from tasks.common import step_task
 
 PARTIAL_SUFFIX = ".partial"
 Progress = Callable[[float], None]
@@ -122,25 +121,11 @@ def _create_private(path: Path) -> int:
 
 
 def _copy(src: sqlite3.Connection, partial: Path, total: int, on_progress: Progress | None) -> None:
-    dst = sqlite3.connect(str(partial), isolation_level=None)
     done = threading.Event()
     watcher = _watch(partial, total, on_progress, done) if on_progress else None
     try:
-        dst.execute("PRAGMA journal_mode = OFF")  # a half-written copy is discarded anyway
-        dst.execute("PRAGMA synchronous = OFF")  # fsynced once below
-        # Called once, after the pages are written and before the copy is finished.
-        src.backup(dst, pages=-1, progress=lambda *_: faults.point("backup-copying"))
-    except sqlite3.OperationalError as exc:
-        if "full" in str(exc).lower() or "disk" in str(exc).lower():
-            raise BadInput(
-                f"The backup {partial.name} could not be written",
-                str(exc),
-                "free space in the backup directory or pass another --backup-dir; "
-                "the database was not changed",
-            ) from exc
-        raise
+        copy_to_new_file(src, partial, during=lambda: faults.point("backup-copying"), label="backup")
     finally:
-        dst.close()
         done.set()
         if watcher:
             watcher.join()
@@ -189,6 +174,3 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-backup = step_task(backup_database, "backup")

@@ -13,12 +13,11 @@ from liteshift.db import (
     connection,
     foreign_key_problems,
     pragma_check,
-    quote_ident,
     row_counts,
     user_tables,
 )
 from liteshift.errors import CheckFailed
-from tasks.common import step_task
+from liteshift.sql import quote_ident
 
 
 @dataclass
@@ -90,6 +89,3 @@ def _foreign_keys(cfg: RunConfig) -> None:
             f"first: {fk[0][0]} rowid {fk[0][1]} -> {fk[0][2]}",
             "the migration will be rolled back",
         )
-
-
-integrity = step_task(check_integrity, "integrity")

@@ -9,12 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from liteshift import faults
-from liteshift import migrations as mig
+from liteshift import faults, tracking
 from liteshift.config import RunConfig
-from liteshift.db import TRACKING_TABLE, begin_immediate, connection, fingerprint
+from liteshift.db import begin_immediate, connection, fingerprint
 from liteshift.errors import CheckFailed
-from tasks.common import step_task
+from liteshift.migrations import Migration, load_migrations
+from liteshift.rehearsal import INDEX_ONLY_RE
+from liteshift.sql import failure_detail
+from liteshift.tracking import TRACKING_TABLE, Fingerprint
 
 
 @dataclass
@@ -28,17 +30,18 @@ class Applied:
     rows_changed: int
     statement_seconds: dict[str, float] = field(default_factory=dict)
     checkpoint_seconds: float = 0.0
+    locked_at: float = 0.0  # time.perf_counter() when the write lock was taken
 
 
-def migrate_database(
+def apply_migrations(
     cfg: RunConfig,
     backup_path: str | None = None,
-    backup_fingerprint: dict[str, list[int]] | None = None,
+    backup_fingerprint: Fingerprint | None = None,
     flow_run_id: str | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> Applied:
     """Apply the pending migrations atomically; nothing but the migration runs inside the lock."""
-    migrations = mig.load_migrations(cfg.migrations_dir)
+    migrations = load_migrations(cfg.migrations_dir)
     batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     with connection(cfg.database, cfg.busy_timeout_ms) as con:
         # COMMIT would otherwise also copy the new pages from the -wal into the file: that runs
@@ -49,16 +52,19 @@ def migrate_database(
         locked_at = time.perf_counter()
         faults.point("migrate-locked")
         try:
-            applied = mig.applied_migrations(con)
-            mig.check_drift(migrations, applied)
-            todo = mig.pending(migrations, applied)  # re-read under the lock: no double apply
-            before = fingerprint(con) if todo and not all(m.down for m in todo) else None
+            applied = tracking.read_tracking(con)
+            tracking.check_drift(migrations, applied)
+            todo = tracking.pending(migrations, applied)  # re-read under the lock: no double apply
+            index_only = all(INDEX_ONLY_RE.match(s) for m in todo for s in m.up)
+            # A migration that writes rows needs the counts before and after to prove, later, that
+            # a restore would lose nothing; an index-only one changes no row, so the backup's own
+            # fingerprint is that proof, at no cost inside the lock.
+            before = fingerprint(con) if todo and backup_fingerprint and not index_only else None
+            tracking.ensure_current(con)
             changes = con.total_changes
-            con.execute(mig.TRACKING_DDL)
             timings = _apply(con, todo, batch, backup_path, flow_run_id, on_progress)
             rows_changed = con.total_changes - changes - len(todo)
-            if before is not None:
-                _record_fingerprints(con, todo, before, backup_fingerprint)
+            _record_restore_proof(con, todo, backup_fingerprint, before, index_only)
             faults.point("migrate-before-commit")
             con.execute("COMMIT")
         except BaseException:
@@ -71,12 +77,14 @@ def migrate_database(
         checkpoint_seconds = time.perf_counter() - checkpoint_start
     faults.point("migrate-after-commit")
     labels = [m.label for m in todo]
-    return Applied(labels, batch, lock_seconds, locked_at - waited, rows_changed, timings, checkpoint_seconds)
+    return Applied(
+        labels, batch, lock_seconds, locked_at - waited, rows_changed, timings, checkpoint_seconds, locked_at
+    )
 
 
 def _apply(
     con: sqlite3.Connection,
-    todo: list[mig.Migration],
+    todo: list[Migration],
     batch: str,
     backup_path: str | None,
     flow_run_id: str | None,
@@ -93,7 +101,7 @@ def _apply(
             except sqlite3.Error as exc:
                 raise CheckFailed(
                     f"Migration {m.path.name} failed",
-                    mig.failure_detail(exc, stmt),
+                    failure_detail(exc, stmt),
                     "nothing was applied (the transaction was rolled back); fix the data or "
                     "the migration and run again",
                 ) from exc
@@ -120,20 +128,27 @@ def _apply(
     return timings
 
 
-def _record_fingerprints(
+def _record_restore_proof(
     con: sqlite3.Connection,
-    todo: list[mig.Migration],
-    before: dict[str, list[int]],
-    backup_fingerprint: dict[str, list[int]] | None,
+    todo: list[Migration],
+    backup_fingerprint: Fingerprint | None,
+    before: Fingerprint | None,
+    index_only: bool,
 ) -> None:
-    """For migrations without a down: remember whether a restore could ever be lossless."""
-    backup_current = backup_fingerprint == before
-    data = json.dumps({"backup_current": backup_current, "after": fingerprint(con)})
+    """Record the fingerprint the database must keep for a restore of the backup to lose nothing.
+
+    None when no such proof exists: no backup, or a write landed between the backup and the lock.
+    """
+    if not todo:
+        return
+    if backup_fingerprint is None:
+        proof = None
+    elif index_only:
+        proof = backup_fingerprint
+    else:
+        proof = fingerprint(con) if before == backup_fingerprint else None
     versions = [m.version for m in todo]
     con.execute(
         f"UPDATE {TRACKING_TABLE} SET fingerprint = ? WHERE version IN ({', '.join('?' * len(versions))})",
-        (data, *versions),
+        (json.dumps({"restore_if": proof}), *versions),
     )
-
-
-migrate = step_task(migrate_database, "migrate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 import statistics
@@ -10,11 +11,11 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from liteshift import faults
-from liteshift import migrations as mig
 from liteshift.config import RunConfig
-from liteshift.db import connection, quote_ident
+from liteshift.db import connection
 from liteshift.errors import CheckFailed
-from tasks.common import step_task
+from liteshift.migrations import Query
+from liteshift.sql import quote_ident
 
 PLAN_RE = re.compile(
     r"^(?P<op>SEARCH|SCAN)\s+(?:TABLE\s+)?(?P<table>\S+)(?:\s+AS\s+\S+)?"
@@ -96,30 +97,71 @@ def _bare(sql: str) -> str:
     return sql.strip().rstrip(";")
 
 
-def time_query(con: sqlite3.Connection, sql: str, cfg: RunConfig) -> Timing:
-    """Time a query: at least bench_min_runs samples, then until the budget or bench_max_runs.
+class Sampler:
+    """Times one query on one connection, a sample at a time.
 
     A sample times a batch of executions so that it lasts about BATCH_S (0.2 ms): a query of a few
     microseconds is then timed in batches, so timer and loop overhead do not dominate it.
     p50 / p95 are of the per-execution mean of each sample (for a batched query the p95 is of
     those means, not of single executions).
     """
-    text = _bare(sql)
-    start = time.perf_counter()
-    rows = len(con.execute(text).fetchall())  # warm-up: prepares the statement, counts rows
-    batch = _batch_size(con, text, time.perf_counter() - start)
-    samples: list[float] = []
-    budget_end = time.perf_counter() + cfg.bench_budget_s
-    while len(samples) < cfg.bench_max_runs:
+
+    def __init__(self, con: sqlite3.Connection, sql: str) -> None:
+        self.con, self.text = con, _bare(sql)
         start = time.perf_counter()
-        for _ in range(batch):
-            con.execute(text).fetchall()
-        samples.append((time.perf_counter() - start) * 1000 / batch)
-        if len(samples) >= cfg.bench_min_runs and time.perf_counter() >= budget_end:
-            break
-    samples.sort()
-    p95 = samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]
-    return Timing(len(samples) * batch, statistics.median(samples), p95, rows, batch)
+        self.rows = len(con.execute(self.text).fetchall())  # warm-up: prepares, counts rows
+        self.batch = _batch_size(con, self.text, time.perf_counter() - start)
+        self.samples: list[float] = []
+
+    def sample(self) -> None:
+        start = time.perf_counter()
+        for _ in range(self.batch):
+            self.con.execute(self.text).fetchall()
+        self.samples.append((time.perf_counter() - start) * 1000 / self.batch)
+
+    def settled(self) -> bool:
+        """True when the median's 95% confidence interval is within STOP_WIDTH of the median."""
+        ordered, n = sorted(self.samples), len(self.samples)
+        half = 0.98 * math.sqrt(n)  # order statistics around n/2 give a 95% interval for the median
+        lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half))
+        median = statistics.median(ordered)
+        return median > 0 and (ordered[hi] - ordered[lo]) / median <= STOP_WIDTH
+
+    def timing(self) -> Timing:
+        ordered = sorted(self.samples)
+        p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+        return Timing(len(ordered) * self.batch, statistics.median(ordered), p95, self.rows, self.batch)
+
+
+STOP_WIDTH = 0.10  # stop once the median is known to +-5%, or the budget is spent
+
+
+def _run_until_settled(samplers: list[Sampler], cfg: RunConfig) -> None:
+    """Sample each in turn, so machine drift hits them alike; stop when all settled or time is up."""
+    budget_end = time.perf_counter() + cfg.bench_budget_s
+    while len(samplers[0].samples) < cfg.bench_max_runs:
+        for s in samplers:
+            s.sample()
+        if len(samplers[0].samples) >= cfg.bench_min_runs and (
+            time.perf_counter() >= budget_end or all(s.settled() for s in samplers)
+        ):
+            return
+
+
+def time_query(con: sqlite3.Connection, sql: str, cfg: RunConfig) -> Timing:
+    """Time a query: at least bench_min_runs samples, until its median settles or the budget ends."""
+    sampler = Sampler(con, sql)
+    _run_until_settled([sampler], cfg)
+    return sampler.timing()
+
+
+def time_pair(
+    before: sqlite3.Connection, after: sqlite3.Connection, sql: str, cfg: RunConfig
+) -> tuple[Timing, Timing]:
+    """Time a query on the backup (before) and the live database (after), samples interleaved."""
+    pair = [Sampler(before, sql), Sampler(after, sql)]
+    _run_until_settled(pair, cfg)
+    return pair[0].timing(), pair[1].timing()
 
 
 BATCH_S = 0.0002
@@ -134,13 +176,6 @@ def _batch_size(con: sqlite3.Connection, text: str, first_s: float) -> int:
         con.execute(text).fetchall()
     each = (time.perf_counter() - start) / 10
     return max(1, min(1000, round(BATCH_S / max(each, 1e-7))))
-
-
-def measure_before(cfg: RunConfig, queries: list[mig.Query]) -> dict[str, Timing]:
-    """Time every declared query before the migration (read-only)."""
-    with connection(cfg.database, cfg.busy_timeout_ms, readonly=True) as con:
-        faults.point("benchmark-before")
-        return {q.name: time_query(con, q.sql, cfg) for q in queries}
 
 
 def range_rewrite(sql: str) -> str | None:
@@ -166,10 +201,16 @@ def index_columns(con: sqlite3.Connection, index: str) -> list[str]:
     return [str(r[2]) for r in con.execute(f"PRAGMA index_info({quote_ident(index)})")]
 
 
-def check_query(con: sqlite3.Connection, q: mig.Query, cfg: RunConfig, before: Timing | None) -> QueryResult:
-    """Check one query's plan, warn about function-wrapped index columns, and time it."""
+def check_query(
+    con: sqlite3.Connection, q: Query, cfg: RunConfig, before_con: sqlite3.Connection | None = None
+) -> QueryResult:
+    """Check one query's plan, warn about function-wrapped index columns, and time it.
+
+    With before_con (the verified backup: exactly the pages before the migration) the query is
+    timed there and on the live database in interleaved samples.
+    """
     plan = explain(con, q.sql)
-    result = QueryResult(q.name, q.expect_index, plan, before, None)
+    result = QueryResult(q.name, q.expect_index, plan, None, None)
     if q.expect_index and plan.index != q.expect_index:
         message = f"Query {q.name} does not use index {q.expect_index}: plan is {'; '.join(plan.detail)}"
         if cfg.plan_check == "fail":
@@ -179,14 +220,17 @@ def check_query(con: sqlite3.Connection, q: mig.Query, cfg: RunConfig, before: T
                 "fix the query or the index; the migration will be rolled back",
             )
         result.warnings.append(message)
+    if before_con is not None:
+        result.before, result.after = time_pair(before_con, con, q.sql, cfg)
+    else:
+        result.after = time_query(con, q.sql, cfg)
     if plan.index:
         _prefix_warning(con, q, plan, result, cfg)
-    result.after = time_query(con, q.sql, cfg)
     return result
 
 
 def _prefix_warning(
-    con: sqlite3.Connection, q: mig.Query, plan: Plan, result: QueryResult, cfg: RunConfig
+    con: sqlite3.Connection, q: Query, plan: Plan, result: QueryResult, cfg: RunConfig
 ) -> None:
     cols = index_columns(con, str(plan.index))
     used = len(plan.equality) + len(plan.range)
@@ -207,13 +251,12 @@ def _prefix_warning(
 
 
 def check_query_plans(
-    cfg: RunConfig, queries: list[mig.Query], before: dict[str, Timing]
+    cfg: RunConfig, queries: list[Query], backup_path: str | None = None
 ) -> list[QueryResult]:
-    """Step 6 proper: plans and after-timings for every declared query."""
+    """Step 6 proper: each declared query's plan, and its timing before (backup) and after (live)."""
     with connection(cfg.database, cfg.busy_timeout_ms, readonly=True) as con:
         faults.point("benchmark-after")
-        return [check_query(con, q, cfg, before.get(q.name)) for q in queries]
-
-
-benchmark_before = step_task(measure_before, "benchmark-before")
-query_plans = step_task(check_query_plans, "query-plan-benchmark")
+        if backup_path is None:
+            return [check_query(con, q, cfg) for q in queries]
+        with connection(backup_path, immutable=True) as before:
+            return [check_query(con, q, cfg, before) for q in queries]

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from liteshift import faults
-from liteshift import migrations as mig
-from liteshift.db import (
-    TRACKING_TABLE,
-    begin_immediate,
-    connection,
-    fingerprint,
-    pragma_check,
-)
+from liteshift.db import backup_pages, begin_immediate, connection, fingerprint, pragma_check
 from liteshift.errors import CheckFailed, RollbackRefused
-from tasks.backup import PARTIAL_SUFFIX
-from tasks.common import step_task
+from liteshift.migrations import Migration, load_migrations
+from liteshift.sql import failure_detail
+from liteshift.tasks.backup import PARTIAL_SUFFIX
+from liteshift.tracking import TRACKING_TABLE, TrackingRow, read_tracking
+
+
+class DownFailed(RollbackRefused):
+    """A down statement failed; its transaction was rolled back, so nothing was undone."""
 
 
 @dataclass
 class Rollback:
     """What the rollback did and what it verified afterwards."""
 
-    action: str  # "nothing" | "down" | "restore"
+    action: Literal["nothing", "down", "restore", "refused"]
     undone: list[str]
     message: str
     verified: list[str] = field(default_factory=list)
@@ -39,7 +38,7 @@ def rollback_database(
     busy_timeout_ms: int = 5000,
 ) -> Rollback:
     """Undo the given versions (default: the last applied batch), then verify the result."""
-    migrations = {m.version: m for m in mig.load_migrations(migrations_dir)}
+    migrations = {m.version: m for m in load_migrations(migrations_dir)}
     with connection(database, busy_timeout_ms) as con:
         if not _targets(con, versions):  # a read: no write lock needed to know there is nothing
             return Rollback("nothing", [], "the migration never committed: nothing to undo")
@@ -59,11 +58,15 @@ def rollback_database(
         todo = [migrations[r.version] for r in rows]
         faults.point("rollback-start")
         if all(m.down for m in todo):
-            _run_downs(con, todo)
-            faults.point("rollback-downs-committed")
-            result = Rollback(
-                "down", [m.label for m in todo], f"ran the down of {', '.join(m.label for m in todo)}"
-            )
+            try:
+                _run_downs(con, todo)
+            except DownFailed as exc:
+                result = _restore_after(exc, database, rows, backup_path, busy_timeout_ms)
+            else:
+                faults.point("rollback-downs-committed")
+                result = Rollback(
+                    "down", [m.label for m in todo], f"ran the down of {', '.join(m.label for m in todo)}"
+                )
         else:
             con.execute("ROLLBACK")
             result = _restore(database, rows, backup_path, busy_timeout_ms)
@@ -72,8 +75,8 @@ def rollback_database(
     return result
 
 
-def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[mig.Applied]:
-    applied = mig.applied_migrations(con)
+def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[TrackingRow]:
+    applied = read_tracking(con)
     if versions is None:
         if not applied:
             return []
@@ -82,7 +85,7 @@ def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[mig.Ap
     return sorted((applied[v] for v in versions if v in applied), key=lambda a: a.version, reverse=True)
 
 
-def _run_downs(con: sqlite3.Connection, todo: list[mig.Migration]) -> None:
+def _run_downs(con: sqlite3.Connection, todo: list[Migration]) -> None:
     """Every down, newest first, and the tracking rows' removal, in the one open transaction."""
     try:
         for m in todo:
@@ -90,9 +93,9 @@ def _run_downs(con: sqlite3.Connection, todo: list[mig.Migration]) -> None:
                 try:
                     con.execute(stmt)
                 except sqlite3.Error as exc:
-                    raise RollbackRefused(
+                    raise DownFailed(
                         f"The down of {m.path.name} failed",
-                        mig.failure_detail(exc, stmt),
+                        failure_detail(exc, stmt),
                         "the database is left as the migration made it (nothing was undone); "
                         "fix the down section and run 'liteshift rollback' again",
                     ) from exc
@@ -104,8 +107,24 @@ def _run_downs(con: sqlite3.Connection, todo: list[mig.Migration]) -> None:
         raise
 
 
+def _restore_after(
+    failed: DownFailed, database: Path, rows: list[TrackingRow], backup_path: str | None, busy_timeout_ms: int
+) -> Rollback:
+    """A down failed (and was rolled back): restore the backup instead, under the same proof."""
+    try:
+        restored = _restore(database, rows, backup_path, busy_timeout_ms)
+    except RollbackRefused as exc:
+        raise RollbackRefused(
+            f"{failed.what}, and the backup cannot be restored instead",
+            f"{failed.why}; {exc.why}",
+            failed.hint,
+        ) from exc
+    restored.message = f"{failed.what} ({failed.why}); {restored.message} instead"
+    return restored
+
+
 def _restore(
-    database: Path, rows: list[mig.Applied], backup_path: str | None, busy_timeout_ms: int
+    database: Path, rows: list[TrackingRow], backup_path: str | None, busy_timeout_ms: int
 ) -> Rollback:
     """Restore the backup with the backup API, only when no write was committed after it."""
     backup = backup_path or rows[0].backup_path
@@ -116,10 +135,10 @@ def _restore(
             "write a down section for the migration, or restore a backup by hand",
         )
     _check_backup(backup, busy_timeout_ms)
-    data = json.loads(rows[0].fingerprint or "{}")
+    expected = rows[0].restore_if()
     with connection(database, busy_timeout_ms) as con:
         now = fingerprint(con)
-        if not data.get("backup_current") or now != data.get("after"):
+        if expected is None or now != expected:
             raise RollbackRefused(
                 "Refusing to restore the backup over newer writes",
                 f"rows were written after the backup {backup} was taken; a restore would discard them",
@@ -127,7 +146,7 @@ def _restore(
             )
         with connection(backup, busy_timeout_ms) as src:
             faults.point("rollback-before-restore")
-            src.backup(con, pages=-1, progress=lambda *_: faults.point("rollback-restoring"))
+            backup_pages(src, con, during=lambda: faults.point("rollback-restoring"))
     return Rollback("restore", [r.version for r in rows], f"restored the backup {backup}")
 
 
@@ -153,7 +172,7 @@ def _check_backup(backup: str, busy_timeout_ms: int) -> None:
         )
 
 
-def _verify(database: Path, todo: list[mig.Migration], busy_timeout_ms: int) -> list[str]:
+def _verify(database: Path, todo: list[Migration], busy_timeout_ms: int) -> list[str]:
     """After the rollback: integrity, created indexes gone, tracking rows gone."""
     with connection(database, busy_timeout_ms) as con:
         problems = pragma_check(con, "quick_check")
@@ -169,7 +188,7 @@ def _verify(database: Path, todo: list[mig.Migration], busy_timeout_ms: int) -> 
             for n in m.created_index_names()
             if con.execute("SELECT 1 FROM sqlite_schema WHERE type='index' AND name=?", (n,)).fetchone()
         ]
-        tracked = set(mig.applied_migrations(con)) & {m.version for m in todo}
+        tracked = set(read_tracking(con)) & {m.version for m in todo}
     if left or tracked:
         raise CheckFailed(
             "The rollback did not undo everything",
@@ -177,6 +196,3 @@ def _verify(database: Path, todo: list[mig.Migration], busy_timeout_ms: int) -> 
             "inspect the database before running again",
         )
     return ["quick_check: ok", "created indexes gone", "tracking rows gone"]
-
-
-rollback = step_task(rollback_database, "rollback", retry=False)

@@ -9,25 +9,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from liteshift import faults
-from liteshift import migrations as mig
+from liteshift import faults, tracking
 from liteshift.config import RunConfig
 from liteshift.db import (
+    CORRUPT_HINT,
     begin_immediate,
     check_is_sqlite_file,
     connection,
     foreign_key_problems,
+    is_locked_error,
     journal_mode,
     page_bytes,
     pragma_check,
 )
 from liteshift.errors import BadInput
-from tasks.common import step_task
-
-CORRUPT_HINT = (
-    "restore the database from your last good backup or run "
-    "'sqlite3 DB .recover'; liteshift will not migrate a damaged file"
-)
+from liteshift.indexes import IndexDef, index_definition
+from liteshift.migrations import Migration, Query, load_migrations
+from liteshift.rehearsal import Rehearsal, rehearse
+from liteshift.tracking import TrackingRow
 
 
 @dataclass
@@ -40,9 +39,9 @@ class Validation:
     applied: list[str]
     pending: list[str]
     touched_tables: list[str]
-    indexes: dict[str, mig.IndexDef]
+    indexes: dict[str, IndexDef]
     index_only: bool
-    queries: list[mig.Query]  # what the pending migrations declare they serve, in order
+    queries: list[Query]  # what the pending migrations declare they serve, in order
     free_bytes: int
     required_bytes: int
     check: str
@@ -57,16 +56,16 @@ def validate_database(cfg: RunConfig) -> Validation:
     db = cfg.database
     check_is_sqlite_file(db)
     _check_writable(db)
-    migrations = mig.load_migrations(cfg.migrations_dir)
+    migrations = load_migrations(cfg.migrations_dir)
     with connection(db, cfg.busy_timeout_ms) as con:
         applied = _read_applied(con, db)
-        mig.check_drift(migrations, applied)
-        todo = mig.pending(migrations, applied)
+        tracking.check_drift(migrations, applied)
+        todo = tracking.pending(migrations, applied)
         check = _integrity(con, db, cfg.integrity)
         _foreign_keys(con, db)
         mode = journal_mode(con)
         size = page_bytes(con)
-        rehearsal = mig.rehearse(con, todo) if todo else mig.Rehearsal({}, (), True)
+        rehearsal = rehearse(con, todo) if todo else Rehearsal({}, (), True)
         existing: list[str] = []
         if todo:
             existing = _same_name_indexes(con, rehearsal)
@@ -117,11 +116,11 @@ def _check_writable(db: Path) -> None:
         )
 
 
-def _read_applied(con: sqlite3.Connection, db: Path) -> dict[str, mig.Applied]:
+def _read_applied(con: sqlite3.Connection, db: Path) -> dict[str, TrackingRow]:
     try:
-        return mig.applied_migrations(con)
+        return tracking.read_tracking(con)
     except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc).lower():
+        if is_locked_error(exc):
             raise
         raise BadInput(f"Database {db} is corrupt", str(exc), CORRUPT_HINT) from exc
 
@@ -131,7 +130,7 @@ def _integrity(con: sqlite3.Connection, db: Path, level: str) -> str:
     try:
         problems = pragma_check(con, pragma)
     except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc).lower():
+        if is_locked_error(exc):
             raise
         raise BadInput(f"Database {db} is corrupt", f"{pragma} could not run: {exc}", CORRUPT_HINT) from exc
     if problems:
@@ -154,11 +153,11 @@ def _foreign_keys(con: sqlite3.Connection, db: Path) -> None:
         )
 
 
-def _same_name_indexes(con: sqlite3.Connection, rehearsal: mig.Rehearsal) -> list[str]:
+def _same_name_indexes(con: sqlite3.Connection, rehearsal: Rehearsal) -> list[str]:
     """Refuse an older index of the same name (IF NOT EXISTS would keep it); list identical ones."""
     identical = []
     for name, declared in rehearsal.indexes.items():
-        live = mig.index_definition(con, name)
+        live = index_definition(con, name)
         if live is not None and live != declared:
             raise BadInput(
                 f"Index {name} already exists with another definition",
@@ -170,7 +169,7 @@ def _same_name_indexes(con: sqlite3.Connection, rehearsal: mig.Rehearsal) -> lis
     return identical
 
 
-def _declared_queries_compile(con: sqlite3.Connection, todo: list[mig.Migration]) -> None:
+def _declared_queries_compile(con: sqlite3.Connection, todo: list[Migration]) -> None:
     for m in todo:
         for q in m.queries:
             try:
@@ -214,6 +213,3 @@ def _disk_space(cfg: RunConfig, size: int) -> tuple[int, int]:
                 "free some space, pass another --backup-dir, or lower --disk-factor",
             )
     return min(backup_free, db_free), required
-
-
-validate = step_task(validate_database, "validate")

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from liteshift import faults
-from liteshift import migrations as mig
 from liteshift.config import RunConfig
 from liteshift.db import connection
 from liteshift.errors import CheckFailed
-from tasks.common import step_task
+from liteshift.indexes import IndexDef, index_definition
 
 
 @dataclass
@@ -21,12 +20,12 @@ class IndexReport:
     definition: str
 
 
-def verify_indexes(cfg: RunConfig, declared: dict[str, mig.IndexDef]) -> list[IndexReport]:
+def verify_indexes(cfg: RunConfig, declared: dict[str, IndexDef]) -> list[IndexReport]:
     """Compare PRAGMA index_xinfo of each live index with its declared definition."""
     found = []
     with connection(cfg.database, cfg.busy_timeout_ms) as con:
         for name, want in declared.items():
-            live = mig.index_definition(con, name)
+            live = index_definition(con, name)
             if live is None:
                 raise CheckFailed(
                     f"Index {name} is missing after the migration",
@@ -42,6 +41,3 @@ def verify_indexes(cfg: RunConfig, declared: dict[str, mig.IndexDef]) -> list[In
             found.append(IndexReport(name, live.table, live.describe()))
     faults.point("verify-indexes-done")
     return found
-
-
-verify = step_task(verify_indexes, "verify-indexes")

@@ -14,15 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from liteshift import migrations as mig
 from liteshift.config import RunConfig
-from liteshift.db import connection
+from liteshift.db import connection, copy_to_new_file, measure_sizes
 from liteshift.errors import BadInput, MigrationError
-from liteshift.report import measure_sizes
-from tasks.common import step_task
-from tasks.migrate import migrate_database
-from tasks.query_plan import explain
-from tasks.validate import validate_database
+from liteshift.migrations import Query, load_migrations
+from liteshift.tasks.migrate import apply_migrations
+from liteshift.tasks.query_plan import explain
+from liteshift.tasks.validate import validate_database
 
 
 class DryRunFailed(BadInput):
@@ -87,13 +85,13 @@ class DryRun:
         }
 
 
-def _plans(path: Path, queries: list[mig.Query]) -> dict[str, tuple[str, str | None]]:
+def _plans(path: Path, queries: list[Query]) -> dict[str, tuple[str, str | None]]:
     """Query plan text and index of each query, read-only."""
     with connection(path, readonly=True) as con:
         return {q.name: _one_plan(con, q) for q in queries}
 
 
-def _one_plan(con: sqlite3.Connection, q: mig.Query) -> tuple[str, str | None]:
+def _one_plan(con: sqlite3.Connection, q: Query) -> tuple[str, str | None]:
     plan = explain(con, q.sql)
     return "; ".join(plan.detail), plan.index
 
@@ -102,11 +100,7 @@ def _copy(database: Path, target: Path, busy_timeout_ms: int) -> float:
     """Copy the live database with the backup API (one step); return the seconds it took."""
     start = time.perf_counter()
     with connection(database, busy_timeout_ms) as src:
-        dst = sqlite3.connect(str(target), isolation_level=None)
-        try:
-            src.backup(dst, pages=-1)
-        finally:
-            dst.close()
+        copy_to_new_file(src, target)
     return time.perf_counter() - start
 
 
@@ -116,7 +110,7 @@ def dry_run(cfg: RunConfig) -> DryRun:
     result = DryRun(str(cfg.database), v.pending, size_before=v.size_bytes, warnings=list(v.warnings))
     if not v.pending:
         return result
-    todo = [m for m in mig.load_migrations(cfg.migrations_dir) if m.label in v.pending]
+    todo = [m for m in load_migrations(cfg.migrations_dir) if m.label in v.pending]
     result.statements = {m.label: list(m.up) for m in todo}
     result.indexes = {name: d.describe() for name, d in v.indexes.items()}
     queries = [q for m in todo for q in m.queries]
@@ -125,7 +119,7 @@ def dry_run(cfg: RunConfig) -> DryRun:
         copy = Path(tmp) / cfg.database.name
         result.copy_seconds = _copy(cfg.database, copy, cfg.busy_timeout_ms)
         try:
-            applied = migrate_database(cfg.model_copy(update={"database": copy}))
+            applied = apply_migrations(cfg.model_copy(update={"database": copy}))
         except MigrationError as exc:
             result.error = exc.one_line()
             return result
@@ -191,6 +185,3 @@ def render_plan(d: DryRun) -> str:
             for q in d.queries
         ]
     return "\n".join(lines) + "\n"
-
-
-plan = step_task(dry_run_or_refuse, "dry-run", retry=False)

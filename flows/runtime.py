@@ -17,15 +17,16 @@ import atexit
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from liteshift.errors import MigrationError
-from liteshift.stack import free_port, healthy
 
 DEFAULTS = {
     # The API server tries to send telemetry to a network a maintenance host may not reach.
@@ -41,6 +42,22 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 UVICORN = [sys.executable, "-m", "uvicorn", "--lifespan", "on", "--factory"]
 APP = "prefect.server.api.server:create_app"
 EMBEDDED_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+def free_port() -> int:
+    """A port the kernel says is free on the loopback interface now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def healthy(api_url: str, timeout_s: float) -> bool:
+    """True when a Prefect API answers 200 on its /health endpoint."""
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
 
 
 def configure_prefect(verbose: bool = False) -> None:
@@ -149,3 +166,10 @@ def command_settings(api: Api) -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def is_deployment_run() -> bool:
+    """True inside a flow run started from a deployment (or its subflow); a CLI run has no deployment."""
+    from prefect.runtime import deployment
+
+    return bool(deployment.id)

@@ -16,9 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from liteshift.flows.runtime import healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "liteshift"
@@ -75,13 +76,6 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port() -> int:
-    """A port the kernel says is free on the loopback interface now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def alive(pid: int) -> bool:
@@ -147,15 +141,6 @@ def stop(stack: Stack, name: str, grace_s: float = 30.0) -> str:
     outcome = stop_pid(pid, grace_s)
     path.unlink()
     return f"pid {pid} {outcome}"
-
-
-def healthy(api_url: str, timeout_s: float) -> bool:
-    """True when a Prefect API answers 200 on its /health endpoint."""
-    try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as response:
-            return bool(response.status == 200)
-    except (OSError, ValueError):
-        return False
 
 
 def wait_healthy(stack: Stack, timeout_s: float = 90.0) -> float:
@@ -238,8 +223,8 @@ def down(stack: Stack) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m liteshift.stack up|down|automations."""
-    p = argparse.ArgumentParser(prog="python -m liteshift.stack", description=__doc__)
+    """python deployments/stack.py up|down|automations."""
+    p = argparse.ArgumentParser(prog="python deployments/stack.py", description=__doc__)
     p.add_argument("command", choices=["up", "down", "automations"])
     p.add_argument("--run-dir", type=Path, default=ROOT / ".run")
     p.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", "4200")))

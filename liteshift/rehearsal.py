@@ -1,0 +1,138 @@
+"""Rehearsal: the pending migrations' ups, then their downs, on an empty in-memory copy of the schema.
+
+It runs before anything is written. The ups must apply to this database's schema; what they
+create is read from the copy (the definitions step 4 verifies); and the downs, run newest first,
+must bring the schema back to what it was, so a rollback is known to work before it is needed.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+
+from liteshift.errors import BadInput
+from liteshift.indexes import IndexDef, index_definition
+from liteshift.migrations import Migration
+from liteshift.sql import failure_detail, quote_ident
+
+INDEX_ONLY_RE = re.compile(r"^(CREATE\s+(UNIQUE\s+)?INDEX|DROP\s+INDEX|ANALYZE|REINDEX)\b", re.I)
+Shape = dict[str, tuple[str, str, object]]  # name -> (type, table, definition)
+
+
+class NotReversible(BadInput):
+    """A migration's down fails, or does not bring the schema back, on a copy of the schema."""
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """What the pending migrations do to a copy of the schema."""
+
+    indexes: dict[str, IndexDef]  # declared definitions of created indexes
+    touched_tables: tuple[str, ...]
+    index_only: bool
+    downs_checked: bool = False  # every migration has a down and it undoes its up
+
+
+def schema_copy(con: sqlite3.Connection) -> sqlite3.Connection:
+    """An in-memory database with the same tables, indexes, views and triggers, and no rows."""
+    mem = sqlite3.connect(":memory:", isolation_level=None)
+    rows = con.execute(
+        "SELECT type, sql FROM sqlite_schema WHERE sql IS NOT NULL "
+        "AND name NOT LIKE 'sqlite_%' ORDER BY CASE type WHEN 'table' THEN 0 "
+        "WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid"
+    ).fetchall()
+    for _type, sql in rows:
+        try:
+            mem.execute(sql)
+        except sqlite3.OperationalError as exc:
+            # A virtual table (FTS, R*Tree) already made its shadow tables when it was created.
+            if "already exists" not in str(exc):
+                raise
+    return mem
+
+
+def _rows(mem: sqlite3.Connection) -> dict[str, tuple[str, str, str, str | None]]:
+    return {r[0]: r for r in mem.execute("SELECT name, type, tbl_name, sql FROM sqlite_schema")}
+
+
+def schema_shape(mem: sqlite3.Connection) -> Shape:
+    """The user's schema objects, compared by meaning: indexes by definition, the rest by text."""
+    shape: Shape = {}
+    for name, kind, table, sql in _rows(mem).values():
+        if name.startswith(("sqlite_", "liteshift_")):
+            continue
+        definition = index_definition(mem, name) if kind == "index" else " ".join((sql or "").split())
+        shape[name] = (kind, table, definition)
+    return shape
+
+
+def rehearse(con: sqlite3.Connection, migrations: list[Migration]) -> Rehearsal:
+    """Apply the ups, then the downs, to an empty copy of the schema; read what the ups create."""
+    mem = schema_copy(con)
+    try:
+        before = _rows(mem)
+        for name in (n for m in migrations for n in m.created_index_names()):
+            # Rehearse without an index of the same name so the declared form is what we read.
+            mem.execute(f"DROP INDEX IF EXISTS {quote_ident(name)}")
+        baseline = schema_shape(mem)
+        created: dict[str, IndexDef] = {}
+        for mig in migrations:
+            for stmt in mig.up:
+                _run(mem, stmt, mig, "up")
+            created.update(
+                (name, d) for name in mig.created_index_names() if (d := index_definition(mem, name))
+            )
+        after = _rows(mem)
+        downs_checked = bool(migrations) and all(m.down for m in migrations)
+        if downs_checked:
+            _rehearse_downs(mem, migrations, baseline)
+    finally:
+        mem.close()
+    changed = {k for k in after if before.get(k) != after[k]} | {k for k in before if k not in after}
+    touched = sorted({(after.get(k) or before[k])[2] for k in changed} | {d.table for d in created.values()})
+    statements = [s for m in migrations for s in m.up]
+    return Rehearsal(
+        indexes=created,
+        touched_tables=tuple(t for t in touched if not t.startswith(("sqlite_", "liteshift_"))),
+        index_only=all(INDEX_ONLY_RE.match(s) for s in statements),
+        downs_checked=downs_checked,
+    )
+
+
+def _rehearse_downs(mem: sqlite3.Connection, migrations: list[Migration], baseline: Shape) -> None:
+    """Run every down newest first, as a rollback would, and compare with the schema before."""
+    for mig in reversed(migrations):
+        for stmt in mig.down:
+            _run(mem, stmt, mig, "down")
+    now = schema_shape(mem)
+    differences = sorted(
+        f"{(baseline.get(name) or now[name])[0]} {name} "
+        + ("is left behind" if name not in baseline else "is gone" if name not in now else "differs")
+        for name in baseline.keys() | now.keys()
+        if baseline.get(name) != now.get(name)
+    )
+    if differences:
+        labels = ", ".join(m.path.name for m in migrations)
+        raise NotReversible(
+            f"The down of {labels} does not undo its up",
+            f"after the up and the down on a copy of the schema: {'; '.join(differences[:5])}",
+            "fix the down section so that it undoes exactly what the up does; nothing was written",
+        )
+
+
+def _run(mem: sqlite3.Connection, stmt: str, mig: Migration, section: str) -> None:
+    try:
+        mem.execute(stmt)
+    except sqlite3.Error as exc:
+        if section == "up":
+            raise BadInput(
+                f"Migration {mig.path.name} fails on this database's schema",
+                failure_detail(exc, stmt),
+                "fix the migration (or the --database path); nothing was written",
+            ) from exc
+        raise NotReversible(
+            f"The down of {mig.path.name} fails after its up",
+            f"on a copy of the schema: {failure_detail(exc, stmt)}",
+            "fix the down section (a rollback would stop there); nothing was written",
+        ) from exc

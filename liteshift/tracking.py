@@ -1,0 +1,142 @@
+"""The tracking table: which migrations a database has, with their checksums, and its own version.
+
+liteshift_meta records the layout of liteshift's own tables (`tracking_schema`), so a later
+liteshift can upgrade them safely, and an older one refuses a layout it does not know instead of
+misreading it. Layout 1 (liteshift 0.1) had no meta table and kept a restore proof as
+{"backup_current", "after"}; layout 2 keeps it as {"restore_if"}: the per-table [rows, max rowid]
+the live database must still have for a restore of the backup to lose nothing (null: never).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from liteshift.errors import BadInput, ChecksumDrift
+from liteshift.migrations import Migration
+
+TRACKING_TABLE = "liteshift_migrations"
+META_TABLE = "liteshift_meta"
+SCHEMA_VERSION = 2
+TRACKING_DDL = f"""CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (
+    version TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at TEXT NOT NULL,
+    duration_s REAL NOT NULL,
+    flow_run_id TEXT,
+    batch TEXT NOT NULL,
+    backup_path TEXT,
+    fingerprint TEXT
+)"""
+META_DDL = f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+Fingerprint = dict[str, list[int]]
+
+
+class TrackingTooNew(BadInput):
+    """The database's liteshift tables were written by a newer liteshift."""
+
+
+@dataclass(frozen=True)
+class TrackingRow:
+    """A row of the tracking table: one applied migration."""
+
+    version: str
+    name: str
+    checksum: str
+    applied_at: str
+    batch: str
+    backup_path: str | None
+    fingerprint: str | None
+
+    def restore_if(self) -> Fingerprint | None:
+        """The fingerprint the database must have for a restore of the backup to lose nothing."""
+        data = json.loads(self.fingerprint or "{}")
+        if "restore_if" in data:
+            return data["restore_if"]
+        if data.get("backup_current"):  # layout 1
+            return data.get("after")
+        return None
+
+
+def _exists(con: sqlite3.Connection, name: str) -> bool:
+    return (
+        con.execute("SELECT 1 FROM sqlite_schema WHERE type='table' AND name=?", (name,)).fetchone()
+        is not None
+    )
+
+
+def schema_version(con: sqlite3.Connection) -> int:
+    """The layout of liteshift's tables: 0 none yet, 1 liteshift 0.1, else liteshift_meta's value."""
+    if not _exists(con, TRACKING_TABLE):
+        return 0
+    if not _exists(con, META_TABLE):
+        return 1
+    row = con.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'tracking_schema'").fetchone()
+    return int(row[0]) if row else 1
+
+
+def _refuse_newer(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise TrackingTooNew(
+            f"The database's liteshift tables have layout {version}",
+            f"this liteshift knows layouts up to {SCHEMA_VERSION}; a newer liteshift wrote them",
+            "run the newer liteshift (pip install -U liteshift); nothing was written",
+        )
+
+
+def read_tracking(con: sqlite3.Connection) -> dict[str, TrackingRow]:
+    """Tracking rows by version; empty when the table does not exist yet."""
+    version = schema_version(con)
+    if version == 0:
+        return {}
+    _refuse_newer(version)
+    rows = con.execute(
+        f"SELECT version, name, checksum, applied_at, batch, backup_path, fingerprint "
+        f"FROM {TRACKING_TABLE} ORDER BY version"
+    ).fetchall()
+    return {r[0]: TrackingRow(*r) for r in rows}
+
+
+def ensure_current(con: sqlite3.Connection) -> int:
+    """Create or upgrade liteshift's tables to this layout, inside the caller's transaction.
+
+    Returns the layout found before (0 when there was none).
+    """
+    found = schema_version(con)
+    _refuse_newer(found)
+    con.execute(TRACKING_DDL)
+    con.execute(META_DDL)
+    if found == 1:
+        for version, data in con.execute(
+            f"SELECT version, fingerprint FROM {TRACKING_TABLE} WHERE fingerprint IS NOT NULL"
+        ).fetchall():
+            proof = TrackingRow(version, "", "", "", "", None, data).restore_if()
+            con.execute(
+                f"UPDATE {TRACKING_TABLE} SET fingerprint = ? WHERE version = ?",
+                (json.dumps({"restore_if": proof}), version),
+            )
+    con.execute(
+        f"INSERT OR REPLACE INTO {META_TABLE} (key, value) VALUES ('tracking_schema', ?)",
+        (str(SCHEMA_VERSION),),
+    )
+    return found
+
+
+def check_drift(migrations: list[Migration], applied: dict[str, TrackingRow]) -> None:
+    """Refuse when an applied migration's file changed since it was applied."""
+    by_version = {m.version: m for m in migrations}
+    for version, row in applied.items():
+        mig = by_version.get(version)
+        if mig and mig.checksum != row.checksum:
+            raise ChecksumDrift(
+                f"Migration {mig.path.name} changed after it was applied",
+                f"applied checksum {row.checksum}, file checksum now {mig.checksum}",
+                "restore the file as it was applied, or write the change as a new migration",
+            )
+
+
+def pending(migrations: list[Migration], applied: dict[str, TrackingRow]) -> list[Migration]:
+    """Migrations not yet recorded in the tracking table, in order."""
+    return [m for m in migrations if m.version not in applied]
