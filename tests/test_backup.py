@@ -11,8 +11,8 @@ import pytest
 from helpers import user_snapshot
 
 from liteshift.errors import CheckFailed
-from tasks import backup as backup_mod
-from tasks.backup import backup_database, backup_path_for
+from liteshift.tasks import backup as backup_mod
+from liteshift.tasks.backup import backup_database, backup_path_for
 
 
 def test_backup_is_verified_private_and_complete(make_db, config, tmp_path: Path) -> None:

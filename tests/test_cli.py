@@ -47,7 +47,35 @@ def test_second_run_says_nothing_to_migrate(
     assert main(["run", "--database", str(db), "--report-dir", str(tmp_path / "r")]) == 0
     capsys.readouterr()
     assert main(["run", "--database", str(db), "--report-dir", str(tmp_path / "r")]) == 0
-    assert capsys.readouterr().out.startswith(f"Nothing to migrate: {db} is up to date.")
+    assert capsys.readouterr().out == (
+        f"Nothing to migrate: {db} is up to date (1 applied, none pending in migrations); "
+        "no flow run started.\n"
+    )
+
+
+INSTANT = """
+import sys
+from liteshift.cli import main
+codes = [main(args) for args in {commands}]
+print(codes, sorted(m for m in sys.modules if m == "prefect" or m.startswith("prefect.")))
+"""
+
+
+def test_status_plan_and_a_no_op_run_never_import_prefect(make_db, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    db = make_db()
+    assert main(["run", "--database", str(db), "--report-dir", str(tmp_path / "r")]) == 0
+    commands = [
+        ["status", "--database", str(db)],
+        ["plan", "--database", str(db)],
+        ["run", "--database", str(db), "--report-dir", str(tmp_path / "r")],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", INSTANT.format(commands=commands)], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.splitlines()[-1] == "[0, 0, 0] []"
 
 
 def test_bad_input_exits_2_with_one_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

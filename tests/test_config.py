@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from liteshift.config import DEFAULT_MIGRATIONS_DIR, RunConfig
+from liteshift.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
+from liteshift.config import RunConfig
 
 
 def test_defaults() -> None:
     cfg = RunConfig(database=Path("w.db"))
     assert cfg.model_dump() == {
         "database": Path("w.db"),
-        "migrations_dir": DEFAULT_MIGRATIONS_DIR,
+        "migrations_dir": Path("migrations"),
         "backup_dir": None,
         "report_dir": Path("reports"),
         "integrity": "quick",
@@ -32,10 +33,24 @@ def test_defaults() -> None:
         "queue_timeout_s": 600.0,
     }
     assert cfg.backup_directory == Path(".")
-    assert (
-        DEFAULT_MIGRATIONS_DIR.name == "migrations"
-        and (DEFAULT_MIGRATIONS_DIR / "001_add_composite_indexes.sql").exists()
-    )
+
+
+def test_defaults_come_from_the_environment_then_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LITESHIFT_MIGRATIONS_DIR", "/srv/migs")
+    monkeypatch.setenv("LITESHIFT_REPORT_DIR", "/srv/reports")
+    cfg = RunConfig(database=Path("w.db"))
+    assert (cfg.migrations_dir, cfg.report_dir) == (Path("/srv/migs"), Path("/srv/reports"))
+    monkeypatch.setenv("LITESHIFT_MIGRATIONS_DIR", "")
+    assert RunConfig(database=Path("w.db")).migrations_dir == Path("migrations")
+
+
+def test_the_demo_migration_ships_inside_the_package() -> None:
+    import liteshift
+
+    assert DEFAULT_MIGRATIONS_DIR.parent == Path(liteshift.__file__).parent
+    assert (DEFAULT_MIGRATIONS_DIR / "001_add_composite_indexes.sql").is_file()
 
 
 @pytest.mark.parametrize("field", ["integrity", "plan_check", "disk_factor", "unknown"])

@@ -14,12 +14,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from flows.migrate import build_config, migrate_database
-from flows.rollback import rollback_migration
 from liteshift import lock
-from liteshift.concurrency import GRACE_S, POLL_S, limit_name, orphan_grace_s, slot_orphaned
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput
+from liteshift.flows.concurrency import GRACE_S, POLL_S, limit_name, orphan_grace_s, slot_orphaned
+from liteshift.flows.migrate import migrate_database
+from liteshift.flows.rollback import rollback_migration
 from liteshift.window import WindowInvalid, enforce_window
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,19 +34,30 @@ def test_deployment_option_defaults():
     assert cfg.queue_timeout_s == 600.0
 
 
-def test_flow_parameters_reach_the_config():
-    names = set(inspect.signature(migrate_database.fn).parameters)
-    assert {"maintenance_window", "require_approval", "approval_timeout_s", "queue_timeout_s"} <= names
+def test_the_flow_signature_is_the_config_flat():
+    """One definition: the flow takes exactly RunConfig's fields, each defaulting to None (= the model's)."""
+    params = inspect.signature(migrate_database.fn).parameters
+    assert list(params) == list(RunConfig.model_fields)
+    assert all(p.default is None for name, p in params.items() if name != "database")
+    assert params["database"].default is inspect.Parameter.empty
+
+
+def test_the_cli_run_options_are_the_config_fields():
+    from liteshift.cli import _parser
+
+    run = next(a for a in _parser()._actions if a.dest == "command").choices["run"]  # type: ignore[union-attr]
+    dests = [a.dest for a in run._actions if a.dest not in ("help", "json")]
+    assert dests == list(RunConfig.model_fields)
 
 
 def test_bad_window_is_refused_when_the_config_is_built():
     with pytest.raises(WindowInvalid, match="Invalid maintenance_window 'Sun 9-5'"):
-        build_config(database="x.db", maintenance_window="Sun 9-5")
+        RunConfig.from_parameters(dict(database="x.db", maintenance_window="Sun 9-5"))
 
 
 def test_bad_flat_parameter_names_the_field():
     with pytest.raises(BadInput) as err:
-        build_config(database="x.db", queue_timeout_s=-1)
+        RunConfig.from_parameters(dict(database="x.db", queue_timeout_s=-1))
     assert err.value.what == "Invalid parameter queue_timeout_s"
 
 
@@ -67,14 +78,14 @@ def test_prefect_yaml_declares_the_three_deployments():
 
 def test_prefect_yaml_entrypoints_name_the_flows():
     deps = _deployments()
+    from prefect.flows import load_flow_from_entrypoint
+
     flows = {
-        "flows/migrate.py:migrate_database": migrate_database,
-        "flows/rollback.py:rollback_migration": rollback_migration,
+        "liteshift.flows.migrate:migrate_database": migrate_database,
+        "liteshift.flows.rollback:rollback_migration": rollback_migration,
     }
     for dep in deps.values():
-        path, func = dep["entrypoint"].split(":")
-        assert (ROOT / path).is_file()
-        assert flows[dep["entrypoint"]].fn.__name__ == func
+        assert load_flow_from_entrypoint(dep["entrypoint"]) is flows[dep["entrypoint"]]
 
 
 def test_scheduled_parameters_validate_and_the_cron_lies_inside_the_window():

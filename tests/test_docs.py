@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,12 @@ def test_every_command_is_in_the_readme(command: str) -> None:
     ),
 )
 def test_every_option_is_in_the_readme(option: str) -> None:
-    assert option in README
+    # A whole token: --backup must not pass because --backup-dir is documented.
+    assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", README), f"{option} is not in README.md"
+
+
+def test_a_longer_option_does_not_document_a_shorter_one() -> None:
+    assert re.search(r"(?<![\w-])--backup(?![\w-])", "use --backup-dir DIR") is None
 
 
 def test_migration_format_is_documented() -> None:

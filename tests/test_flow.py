@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from helpers import index_names, snapshot, tracked_versions, user_snapshot
 
-import flows.migrate as flow_mod
+import liteshift.flows.migrate as flow_mod
 from liteshift.errors import BadInput, CheckFailed
-from tasks.common import step_task
+from liteshift.flows.steps import step_task
+from liteshift.report import db_key
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -19,7 +20,8 @@ FAST = {"bench_min_runs": 3, "bench_budget_s": 0.0, "retry_delay_s": 0.0}
 
 
 def run(db: Path, tmp_path: Path, **params: Any) -> dict[str, Any]:
-    return flow_mod.migrate_database(str(db), report_dir=str(tmp_path / "reports"), **{**FAST, **params})
+    report = flow_mod.migrate_database(str(db), report_dir=str(tmp_path / "reports"), **{**FAST, **params})
+    return report.summary()
 
 
 def test_success_then_idempotent_rerun(make_db, tmp_path: Path) -> None:
@@ -30,7 +32,6 @@ def test_success_then_idempotent_rerun(make_db, tmp_path: Path) -> None:
     assert [s["name"] for s in summary["steps"]] == [
         "validate",
         "maintenance-window",
-        "benchmark-before",
         "backup",
         "migrate",
         "verify-indexes",
@@ -58,20 +59,17 @@ def test_artifacts_are_keyed_by_database(make_db, tmp_path: Path) -> None:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     db = make_db(name="artifact_check.db")
+    key = db_key(db)
+    assert key.startswith("artifact-check-db-") and len(key) == len("artifact-check-db-") + 8
     run(db, tmp_path)
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(
-                    any_=["liteshift-report-artifact-check-db", "liteshift-bench-artifact-check-db"]
-                )
+                key=ArtifactFilterKey(any_=[f"liteshift-report-{key}", f"liteshift-bench-{key}"])
             )
         )
     kinds = {a.key: a.type for a in found}
-    assert kinds == {
-        "liteshift-report-artifact-check-db": "markdown",
-        "liteshift-bench-artifact-check-db": "table",
-    }
+    assert kinds == {f"liteshift-report-{key}": "markdown", f"liteshift-bench-{key}": "table"}
     report = next(a for a in found if a.type == "markdown")
     assert "liteshift execution report: artifact_check.db" in str(report.data)
 
@@ -87,7 +85,6 @@ def _boom(name: str):
     ("attr", "step", "rollback_action"),
     [
         ("validate", "validate", None),
-        ("benchmark_before", "benchmark-before", None),
         ("backup", "backup", None),
         ("migrate", "migrate", "nothing"),
         ("verify", "verify-indexes", "down"),
@@ -112,7 +109,7 @@ def test_a_failure_at_each_step_leaves_the_database_as_it_was(
     report = err.value.liteshift_report  # type: ignore[attr-defined]
     assert report.status == "failed"
     assert report.steps[-1].name == step and report.steps[-1].state == "failed"
-    assert (report.rollback or {}).get("action") == rollback_action
+    assert (report.rollback.action if report.rollback else None) == rollback_action
     assert user_snapshot(db) == before
     assert tracked_versions(db) == []
 
@@ -160,7 +157,7 @@ def _flaky(real: Any, error: Exception, calls: list[int]) -> Any:
 
 def test_a_locked_database_is_retried(make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from liteshift.errors import DatabaseLocked
-    from tasks.validate import validate_database
+    from liteshift.tasks.validate import validate_database
 
     db = make_db()
     calls: list[int] = []
@@ -170,7 +167,7 @@ def test_a_locked_database_is_retried(make_db, tmp_path: Path, monkeypatch: pyte
 
 
 def test_a_failed_check_is_never_retried(make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.validate import validate_database
+    from liteshift.tasks.validate import validate_database
 
     db = make_db()
     before = snapshot(db)
@@ -181,3 +178,10 @@ def test_a_failed_check_is_never_retried(make_db, tmp_path: Path, monkeypatch: p
         run(db, tmp_path)
     assert len(calls) == 1
     assert snapshot(db) == before
+
+
+def test_two_databases_of_the_same_name_keep_their_own_reports(tmp_path: Path) -> None:
+    a, b = tmp_path / "tenants" / "a" / "app.db", tmp_path / "tenants" / "b" / "app.db"
+    assert db_key(a) != db_key(b)
+    assert db_key(a).startswith("app-db-") and db_key(b).startswith("app-db-")
+    assert db_key(a) == db_key(tmp_path / "tenants" / "b" / ".." / "a" / "app.db")  # by resolved path

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from helpers import index_names, snapshot
 
-import flows.migrate as flow_mod
+import liteshift.flows.migrate as flow_mod
 from liteshift import lock
-from liteshift.concurrency import DatabaseBusy, limit_name, one_run_per_database
+from liteshift.flows.concurrency import DatabaseBusy, limit_name, one_run_per_database
 from liteshift.window import OutsideWindow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -21,7 +21,8 @@ FAST = {"bench_min_runs": 3, "bench_budget_s": 0.0, "retry_delay_s": 0.0}
 
 
 def run(db: Path, tmp_path: Path, **params: Any) -> dict[str, Any]:
-    return flow_mod.migrate_database(str(db), report_dir=str(tmp_path / "reports"), **{**FAST, **params})
+    report = flow_mod.migrate_database(str(db), report_dir=str(tmp_path / "reports"), **{**FAST, **params})
+    return report.summary()
 
 
 def _window_around_now(minutes: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -9,12 +10,12 @@ import pytest
 from helpers import index_names, migrations_dir, snapshot, tracked_versions
 
 from liteshift.errors import CheckFailed, DatabaseLocked
-from tasks.migrate import migrate_database
+from liteshift.tasks.migrate import apply_migrations
 
 
 def test_migration_001_commits_indexes_and_tracking_row(make_db, config) -> None:
     db = make_db()
-    result = migrate_database(config(db), backup_path="/b", flow_run_id="run-1")
+    result = apply_migrations(config(db), backup_path="/b", flow_run_id="run-1")
     assert result.applied == ["001_add_composite_indexes"]
     assert result.rows_changed == 0
     assert result.lock_seconds > 0
@@ -29,9 +30,9 @@ def test_migration_001_commits_indexes_and_tracking_row(make_db, config) -> None
 
 def test_rerun_applies_nothing(make_db, config) -> None:
     db = make_db()
-    migrate_database(config(db))
+    apply_migrations(config(db))
     before = snapshot(db)
-    assert migrate_database(config(db)).applied == []
+    assert apply_migrations(config(db)).applied == []
     assert snapshot(db) == before
 
 
@@ -47,7 +48,7 @@ def test_unique_index_over_duplicates_leaves_nothing_behind(make_db, config, tmp
         },
     )
     with pytest.raises(CheckFailed) as err:
-        migrate_database(config(db, migrations_dir=d))
+        apply_migrations(config(db, migrations_dir=d))
     assert str(err.value) == (
         "Migration 002_b.sql failed: UNIQUE constraint failed: worklogs.company_id in: "
         "CREATE UNIQUE INDEX u_company ON worklogs(company_id). Try: nothing was applied (the "
@@ -64,7 +65,7 @@ def test_locked_database_is_refused_without_writing(make_db, config) -> None:
     holder.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(DatabaseLocked):
-            migrate_database(config(db, busy_timeout_ms=50))
+            apply_migrations(config(db, busy_timeout_ms=50))
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -74,8 +75,56 @@ def test_locked_database_is_refused_without_writing(make_db, config) -> None:
 def test_migration_without_down_records_a_restore_fingerprint(make_db, config, tmp_path: Path) -> None:
     db = make_db()
     d = migrations_dir(tmp_path, {"001_a.sql": "-- migrate:up\nALTER TABLE teams ADD COLUMN x TEXT;\n"})
-    migrate_database(config(db, migrations_dir=d), backup_fingerprint={"teams": [0, 0]})
+    apply_migrations(config(db, migrations_dir=d), backup_fingerprint={"teams": [0, 0]})
     with sqlite3.connect(db) as con:
         (fp,) = con.execute("SELECT fingerprint FROM liteshift_migrations").fetchone()
-    assert '"backup_current": false' in fp
-    assert '"teams": [100, 100]' in fp
+    # the backup's fingerprint differs from the database at lock time: a write landed in between,
+    # so no restore can ever be proven lossless
+    assert fp == '{"restore_if": null}'
+
+
+def test_an_index_migration_keeps_the_backup_fingerprint_as_its_restore_proof(make_db, config) -> None:
+    from liteshift.db import connection, fingerprint
+
+    db = make_db()
+    with connection(db) as con:
+        now = fingerprint(con)
+    apply_migrations(config(db), backup_fingerprint=now)
+    with sqlite3.connect(db) as con:
+        (fp,) = con.execute("SELECT fingerprint FROM liteshift_migrations").fetchone()
+        (layout,) = con.execute("SELECT value FROM liteshift_meta WHERE key = 'tracking_schema'").fetchone()
+    assert json.loads(fp) == {"restore_if": now} and layout == "2"
+
+
+def test_a_tracking_table_of_layout_1_is_upgraded_in_the_migration(make_db, config, tmp_path: Path) -> None:
+    from liteshift.tracking import TRACKING_DDL
+
+    db = make_db()
+    with sqlite3.connect(db) as con:
+        con.execute(TRACKING_DDL)
+        con.execute(
+            "INSERT INTO liteshift_migrations VALUES ('000', 'old', 'x', 't', 0, NULL, 'b0', '/b', ?)",
+            (json.dumps({"backup_current": True, "after": {"teams": [1, 2]}}),),
+        )
+    apply_migrations(config(db))
+    with sqlite3.connect(db) as con:
+        rows = dict(con.execute("SELECT version, fingerprint FROM liteshift_migrations").fetchall())
+        (layout,) = con.execute("SELECT value FROM liteshift_meta WHERE key = 'tracking_schema'").fetchone()
+    assert json.loads(rows["000"]) == {"restore_if": {"teams": [1, 2]}} and layout == "2"
+
+
+def test_a_tracking_layout_from_a_newer_liteshift_is_refused(make_db, config) -> None:
+    from liteshift.errors import BadInput
+
+    db = make_db()
+    apply_migrations(config(db))
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE liteshift_meta SET value = '9' WHERE key = 'tracking_schema'")
+    before = snapshot(db)
+    with pytest.raises(BadInput) as err:
+        apply_migrations(config(db))
+    assert str(err.value) == (
+        "The database's liteshift tables have layout 9: this liteshift knows layouts up to 2; a newer "
+        "liteshift wrote them. Try: run the newer liteshift (pip install -U liteshift); nothing was written"
+    )
+    assert snapshot(db) == before

@@ -10,7 +10,9 @@ import pytest
 from helpers import PROJECT_MIGRATIONS, migrations_dir
 
 from liteshift import migrations as mig
+from liteshift import tracking
 from liteshift.errors import BadInput, ChecksumDrift
+from liteshift.rehearsal import rehearse
 
 
 def test_001_creates_exactly_the_reports_four_indexes() -> None:
@@ -33,7 +35,7 @@ def test_001_declared_definitions_match_the_report(make_db) -> None:
     db = make_db()
     m = mig.parse_migration(PROJECT_MIGRATIONS / "001_add_composite_indexes.sql")
     with sqlite3.connect(db) as con:
-        rehearsal = mig.rehearse(con, [m])
+        rehearsal = rehearse(con, [m])
     got = {name: d.describe() for name, d in rehearsal.indexes.items()}
     assert got == {
         "idx_worklogs_user_range": "worklogs(company_id, author_email, started DESC)",
@@ -88,8 +90,8 @@ def test_transaction_lines_are_dropped_and_statements_split(tmp_path: Path) -> N
         (
             {"002_x.sql": "CREATE TABLE a (b);"},
             "Migration 002_x.sql has no '-- migrate:up' section: liteshift cannot tell which statements "
-            "apply the migration. Try: put '-- migrate:up' above the statements and '-- migrate:down' "
-            "above the undo",
+            "apply the migration (a directive counts only at the start of a line). Try: put "
+            "'-- migrate:up' on its own line above the statements and '-- migrate:down' above the undo",
         ),
         (
             {"002_x.sql": "-- migrate:up\nVACUUM;"},
@@ -118,7 +120,7 @@ def test_rehearsal_names_the_missing_column(make_db, tmp_path: Path) -> None:
     db = make_db()
     d = migrations_dir(tmp_path, {"002_x.sql": "-- migrate:up\nCREATE INDEX i ON worklogs(nope);\n"})
     with sqlite3.connect(db) as con, pytest.raises(BadInput) as err:
-        mig.rehearse(con, mig.load_migrations(d))
+        rehearse(con, mig.load_migrations(d))
     assert str(err.value) == (
         "Migration 002_x.sql fails on this database's schema: no such column: nope in: "
         "CREATE INDEX i ON worklogs(nope). Try: fix the migration (or the --database path); "
@@ -129,9 +131,9 @@ def test_rehearsal_names_the_missing_column(make_db, tmp_path: Path) -> None:
 def test_drift_names_file_and_both_checksums(make_db, tmp_path: Path) -> None:
     d = migrations_dir(tmp_path, {"002_x.sql": "-- migrate:up\nCREATE TABLE a (b);\n"})
     m = mig.load_migrations(d)[0]
-    applied = {"002": mig.Applied("002", "x", "0" * 64, "2026-01-01", "b", None, None)}
+    applied = {"002": tracking.TrackingRow("002", "x", "0" * 64, "2026-01-01", "b", None, None)}
     with pytest.raises(ChecksumDrift) as err:
-        mig.check_drift([m], applied)
+        tracking.check_drift([m], applied)
     assert str(err.value) == (
         f"Migration 002_x.sql changed after it was applied: applied checksum {'0' * 64}, file checksum "
         f"now {m.checksum}. Try: restore the file as it was applied, or write the change as a new migration"
@@ -144,5 +146,32 @@ def test_rehearsal_copes_with_virtual_tables_and_their_shadow_tables(make_db, tm
         con.execute("CREATE VIRTUAL TABLE notes_fts USING fts5(body)")
         con.execute("CREATE TABLE seq_demo (id INTEGER PRIMARY KEY AUTOINCREMENT, v)")
         d = migrations_dir(tmp_path, {"002_x.sql": "-- migrate:up\nCREATE INDEX i ON seq_demo(v);\n"})
-        rehearsal = mig.rehearse(con, mig.load_migrations(d))
+        rehearsal = rehearse(con, mig.load_migrations(d))
     assert rehearsal.indexes["i"].describe() == "seq_demo(v)"
+
+
+def test_a_directive_counts_only_at_the_start_of_a_line(tmp_path: Path) -> None:
+    d = migrations_dir(
+        tmp_path,
+        {
+            "001_c.sql": "-- migrate:up\nCREATE TABLE notes (body TEXT DEFAULT ' -- migrate:down ');\n"
+            "INSERT INTO notes VALUES ('x'); -- migrate:down is not a directive here\n"
+            "-- migrate:down\nDROP TABLE notes;\n"
+        },
+    )
+    m = mig.load_migrations(d)[0]
+    assert m.up == (
+        "CREATE TABLE notes (body TEXT DEFAULT ' -- migrate:down ')",
+        "INSERT INTO notes VALUES ('x')",
+    )
+    assert m.down == ("DROP TABLE notes",)
+
+
+def test_a_misspelt_fault_point_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from liteshift import faults
+
+    with pytest.raises(faults.UnknownPoint):
+        faults.point("backup-copyed")  # type: ignore[arg-type]
+    monkeypatch.setenv(faults.ENV, "no-such-point")
+    with pytest.raises(faults.UnknownPoint, match="LITESHIFT_KILL_AT='no-such-point' names no fault point"):
+        faults.point("validate-start")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
-from liteshift import migrations as mig
 from liteshift.errors import CheckFailed
-from tasks.migrate import migrate_database
-from tasks.query_plan import check_query_plans, explain, measure_before, range_rewrite
+from liteshift.migrations import Query
+from liteshift.tasks.migrate import apply_migrations
+from liteshift.tasks.query_plan import check_query_plans, explain, range_rewrite, time_pair
 
-Q_USER = mig.Query(
+Q_USER = Query(
     "user_worklogs_range",
     "SELECT * FROM worklogs WHERE company_id = 1 AND author_email = 'user@example.com' "
     "AND date(started) >= '2025-01-01' AND date(started) <= '2025-01-31';",
@@ -22,7 +23,7 @@ Q_USER = mig.Query(
 @pytest.fixture
 def migrated(make_db, config):
     db = make_db()
-    migrate_database(config(db))
+    apply_migrations(config(db))
     return db
 
 
@@ -41,7 +42,7 @@ def test_plan_parsing_equality_and_range(migrated) -> None:
 
 
 def test_date_wrapped_column_uses_only_the_prefix_and_gets_a_suggestion(migrated, config) -> None:
-    [result] = check_query_plans(config(migrated), [Q_USER], {})
+    [result] = check_query_plans(config(migrated), [Q_USER])
     assert result.plan.index == "idx_worklogs_user_range"
     assert result.plan.equality == ["company_id", "author_email"]
     assert result.plan.range == []
@@ -71,21 +72,38 @@ def test_range_rewrite_keeps_the_same_rows(migrated) -> None:
 
 
 def test_expected_index_not_used_fails_or_warns(migrated, config) -> None:
-    q = mig.Query("by_comment", "SELECT * FROM worklogs WHERE comment = 'x'", "idx_worklogs_user_range")
+    q = Query("by_comment", "SELECT * FROM worklogs WHERE comment = 'x'", "idx_worklogs_user_range")
     with pytest.raises(CheckFailed) as err:
-        check_query_plans(config(migrated), [q], {})
+        check_query_plans(config(migrated), [q])
     assert str(err.value) == (
         "Query by_comment does not use index idx_worklogs_user_range: plan is SCAN worklogs: the "
         "index does not serve the query it was added for. Try: fix the query or the index; the "
         "migration will be rolled back"
     )
-    [warned] = check_query_plans(config(migrated, plan_check="warn"), [q], {})
+    [warned] = check_query_plans(config(migrated, plan_check="warn"), [q])
     assert warned.warnings[0].startswith("Query by_comment does not use index idx_worklogs_user_range")
 
 
-def test_before_timings_count_their_runs(make_db, config) -> None:
+def test_before_is_timed_on_the_backup_interleaved_with_after(make_db, config, tmp_path: Path) -> None:
+    from liteshift.tasks.backup import backup_database
+
     db = make_db()
-    timings = measure_before(config(db, bench_min_runs=5), [Q_USER])
-    t = timings["user_worklogs_range"]
-    assert t.runs == 5
-    assert 0 <= t.p50_ms <= t.p95_ms
+    cfg = config(db, bench_min_runs=5)
+    b = backup_database(cfg)
+    apply_migrations(cfg)
+    [result] = check_query_plans(cfg, [Q_USER], b.path)
+    assert result.before is not None and result.after is not None
+    assert result.before.runs >= 5 and result.after.runs >= 5
+    # the backup holds the pages from before the index: the same query is measurably slower there
+    assert result.before.p50_ms > result.after.p50_ms
+    assert sorted(p.name for p in tmp_path.iterdir() if "backup" in p.name) == [Path(b.path).name]
+
+
+def test_a_pair_samples_both_sides_alike(make_db, config) -> None:
+    import sqlite3
+
+    db = make_db()
+    con = sqlite3.connect(db)
+    before, after = time_pair(con, con, Q_USER.sql, config(db, bench_min_runs=5, bench_budget_s=0.0))
+    assert before.runs // before.batch == after.runs // after.batch >= 5
+    assert 0 <= before.p50_ms <= before.p95_ms

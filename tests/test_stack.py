@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 import time
 
-from liteshift.stack import Stack, alive, free_port, port_free, start, stop
+from stack import Stack, alive, port_free, start, stop
+
+from liteshift.flows.runtime import free_port
 
 IGNORES_TERM = (
     "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

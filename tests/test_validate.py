@@ -10,7 +10,7 @@ import pytest
 from helpers import migrations_dir, snapshot
 
 from liteshift.errors import BadInput, ChecksumDrift, DatabaseLocked
-from tasks.validate import validate_database
+from liteshift.tasks.validate import validate_database
 
 
 def test_validation_plans_the_run(make_db, config) -> None:
@@ -121,9 +121,9 @@ def test_migration_touching_missing_table_or_column(make_db, config, tmp_path: P
 def test_drifted_checksum_is_refused_before_anything_is_written(make_db, config, tmp_path: Path) -> None:
     db = make_db()
     d = migrations_dir(tmp_path, {"001_x.sql": "-- migrate:up\nCREATE INDEX i ON worklogs(id);\n"})
-    from tasks.migrate import migrate_database
+    from liteshift.tasks.migrate import apply_migrations
 
-    migrate_database(config(db, migrations_dir=d))
+    apply_migrations(config(db, migrations_dir=d))
     before = snapshot(db)
     (d / "001_x.sql").write_text("-- migrate:up\nCREATE INDEX i ON worklogs(started);\n")
     message = _refused(config(db, migrations_dir=d), ChecksumDrift)
@@ -210,3 +210,51 @@ def test_identical_existing_index_is_a_warning(make_db, config) -> None:
         "index idx_billing_rates_lookup already exists as declared: the migration keeps it, and its "
         "down would drop it"
     ]
+
+
+@pytest.mark.parametrize(
+    ("down", "message"),
+    [
+        (
+            "DROP INDEX i_missing;",
+            "The down of 001_i.sql fails after its up: on a copy of the schema: no such index: i_missing "
+            "in: DROP INDEX i_missing. Try: fix the down section (a rollback would stop there); "
+            "nothing was written",
+        ),
+        (
+            "SELECT 1;",
+            "The down of 001_i.sql does not undo its up: after the up and the down on a copy of the schema: "
+            "index i is left behind. Try: fix the down section so that it undoes exactly what the up does; "
+            "nothing was written",
+        ),
+    ],
+)
+def test_a_down_that_does_not_undo_its_up_is_refused_before_writing(
+    make_db, config, tmp_path: Path, down: str, message: str
+) -> None:
+    db = make_db()
+    before = snapshot(db)
+    d = migrations_dir(
+        tmp_path,
+        {"001_i.sql": f"-- migrate:up\nCREATE INDEX i ON worklogs(team_id);\n-- migrate:down\n{down}\n"},
+    )
+    with pytest.raises(BadInput) as err:
+        validate_database(config(db, migrations_dir=d))
+    assert str(err.value) == message and err.value.exit_code == 2
+    assert snapshot(db) == before
+
+
+def test_a_down_that_recreates_a_dropped_index_in_other_words_is_accepted(
+    make_db, config, tmp_path: Path
+) -> None:
+    db = make_db()
+    d = migrations_dir(
+        tmp_path,
+        {
+            "001_i.sql": "-- migrate:up\nCREATE INDEX i ON worklogs(team_id);\n"
+            "-- migrate:down\nDROP INDEX i;\n",
+            "002_j.sql": "-- migrate:up\nDROP INDEX i;\n"
+            "-- migrate:down\ncreate   index i on worklogs (team_id);\n",
+        },
+    )
+    assert validate_database(config(db, migrations_dir=d)).pending == ["001_i", "002_j"]

@@ -6,18 +6,18 @@ import sqlite3
 
 import pytest
 
-from liteshift import migrations as mig
 from liteshift.errors import CheckFailed
-from tasks.integrity import check_integrity
-from tasks.migrate import migrate_database
-from tasks.validate import validate_database
-from tasks.verify_indexes import verify_indexes
+from liteshift.indexes import index_definition
+from liteshift.tasks.integrity import check_integrity
+from liteshift.tasks.migrate import apply_migrations
+from liteshift.tasks.validate import validate_database
+from liteshift.tasks.verify_indexes import verify_indexes
 
 
 def test_migrated_indexes_verify(make_db, config) -> None:
     db = make_db()
     declared = validate_database(config(db)).indexes
-    migrate_database(config(db))
+    apply_migrations(config(db))
     found = verify_indexes(config(db), declared)
     assert next((i.name, i.definition) for i in found) == (
         "idx_worklogs_user_range",
@@ -42,7 +42,7 @@ def test_index_with_other_columns_kept_by_if_not_exists_fails(make_db, config) -
     declared = validate_database(config(db)).indexes
     with sqlite3.connect(db) as con:
         con.execute("CREATE INDEX idx_worklogs_user_range ON worklogs(company_id, started)")
-    migrate_database(config(db))  # IF NOT EXISTS keeps the old one silently
+    apply_migrations(config(db))  # IF NOT EXISTS keeps the old one silently
     with pytest.raises(CheckFailed) as err:
         verify_indexes(config(db), declared)
     assert str(err.value) == (
@@ -56,14 +56,14 @@ def test_partial_and_unique_definitions_are_compared(make_db) -> None:
     db = make_db()
     with sqlite3.connect(db) as con:
         con.execute("CREATE UNIQUE INDEX p ON worklogs(id, company_id) WHERE company_id > 3")
-        d = mig.index_definition(con, "p")
+        d = index_definition(con, "p")
     assert d is not None
     assert d.describe() == "worklogs(id, company_id) UNIQUE WHERE company_id > 3"
 
 
 def test_integrity_passes_and_counts_rows(make_db, config) -> None:
     db = make_db()
-    migrate_database(config(db))
+    apply_migrations(config(db))
     g = check_integrity(config(db), ["worklogs", "billing_rates"], index_only=True, rows_changed=0)
     assert g.checked_tables == ["worklogs", "billing_rates"]
     assert g.counts == {"worklogs": 2000, "billing_rates": 1000}

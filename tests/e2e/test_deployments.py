@@ -23,12 +23,14 @@ from typing import Any
 import httpx
 import pytest
 from helpers import index_names, snapshot, tracked_versions, user_snapshot
+from stack import ROOT, Stack, down, up
 
 from liteshift import lock
-from liteshift.concurrency import limit_name
 from liteshift.db import connection
 from liteshift.demo import build_demo_db
-from liteshift.stack import ROOT, Stack, down, free_port, up
+from liteshift.flows.concurrency import limit_name
+from liteshift.flows.runtime import free_port
+from liteshift.report import db_key
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -138,27 +140,29 @@ def adhoc(stack: Stack, workdir: Path) -> dict[str, Any]:
     return {"db": db, "code": code, "out": out, "id": run_id, "seconds": time.monotonic() - started}
 
 
-def test_adhoc_run_completes_with_indexes_and_artifacts(stack: Stack, adhoc: dict[str, Any]) -> None:
+def test_adhoc_run_completes_with_indexes_and_artifacts(
+    stack: Stack, adhoc: dict[str, Any], workdir: Path
+) -> None:
     print(f"deployment run --watch took {adhoc['seconds']:.1f} s")
     assert adhoc["code"] == 0, adhoc["out"]
     assert "Flow run finished successfully in 'Completed'" in adhoc["out"]
     assert index_names(adhoc["db"]) >= PHASE1_INDEXES
     run = flow_run(stack, adhoc["id"])
     assert run["name"] == "migrate-adhoc.db"
-    assert {"liteshift", "adhoc", "db-adhoc-db"} <= set(run["tags"])
+    assert {"liteshift", "adhoc", f"db-{db_key(workdir / 'adhoc.db')}"} <= set(run["tags"])
     found = artifacts(stack, adhoc["id"])
     assert {
-        "liteshift-report-adhoc-db",
-        "liteshift-bench-adhoc-db",
+        f"liteshift-report-{db_key(workdir / 'adhoc.db')}",
+        f"liteshift-bench-{db_key(workdir / 'adhoc.db')}",
         "liteshift-backup-adhoc-db",
         "liteshift-migrate-adhoc-db",
     } <= set(found)
-    report = found["liteshift-report-adhoc-db"]
+    report = found[f"liteshift-report-{db_key(workdir / 'adhoc.db')}"]
     assert report["type"] == "markdown"
     assert report["data"].startswith("# liteshift execution report: adhoc.db")
     assert "- **Status**: COMPLETED" in report["data"]
     assert "| maintenance-window | ✅ passed |" in report["data"]
-    bench = json.loads(found["liteshift-bench-adhoc-db"]["data"])
+    bench = json.loads(found[f"liteshift-bench-{db_key(workdir / 'adhoc.db')}"]["data"])
     assert {row["index"] for row in bench} == PHASE1_INDEXES
     assert found["liteshift-backup-adhoc-db"]["data"] == 100.0
     assert found["liteshift-migrate-adhoc-db"]["data"] == 100.0
@@ -187,10 +191,10 @@ def test_failing_run_shows_the_rollback_subflow_and_leaves_the_database_as_it_wa
         stack, "POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}}
     )
     assert [(s["name"], s["state_type"]) for s in subflows] == [("rollback-fails.db", "COMPLETED")]
-    report = artifacts(stack, run_id)["liteshift-report-fails-db"]["data"]
+    report = artifacts(stack, run_id)[f"liteshift-report-{db_key(workdir / 'fails.db')}"]["data"]
     assert "**Error**: Query worklogs_of_company does not use index idx_worklogs_comment" in report
     assert "- Action: down: ran the down of 001_comment_index" in report
-    assert "liteshift-rollback-fails-db" in artifacts(stack, subflows[0]["id"])
+    assert f"liteshift-rollback-{db_key(workdir / 'fails.db')}" in artifacts(stack, subflows[0]["id"])
     assert user_snapshot(db) == before  # same user schema, same rows
     assert tracked_versions(db) == []
     with connection(db, readonly=True) as con:
@@ -211,7 +215,7 @@ def test_run_outside_its_window_refuses_before_writing(stack: Stack, workdir: Pa
     assert run["state_type"] == "FAILED"
     assert f"Outside the maintenance window '{window}'" in run["state"]["message"]
     assert snapshot(db) == digest
-    report = artifacts(stack, run_id)["liteshift-report-closed-db"]["data"]
+    report = artifacts(stack, run_id)[f"liteshift-report-{db_key(workdir / 'closed.db')}"]["data"]
     assert "| maintenance-window | ❌ failed |" in report
 
 
@@ -247,7 +251,8 @@ def test_approval_gate_pauses_with_the_plan_then_obeys_the_answer(stack: Stack, 
     done = {n: wait_state(stack, r, {"COMPLETED", "FAILED", "CRASHED"}) for n, r in runs.items()}
     assert done["yes.db"]["state_type"] == "COMPLETED"
     assert index_names(yes_db) >= PHASE1_INDEXES
-    assert "| approval | ✅ passed |" in artifacts(stack, runs["yes.db"])["liteshift-report-yes-db"]["data"]
+    yes_report = artifacts(stack, runs["yes.db"])[f"liteshift-report-{db_key(workdir / 'yes.db')}"]
+    assert "| approval | ✅ passed |" in yes_report["data"]
     assert done["no.db"]["state_type"] == "FAILED"
     assert (
         f"Migration of {no_db} was not approved: the reviewer answered: no."
@@ -260,12 +265,12 @@ def test_second_holder_of_a_databases_limit_is_refused(stack: Stack, workdir: Pa
     db = build_demo_db(workdir / "limited.db", 100)
     hold = (  # as the flow does: the database's slot, then its own lock
         "import sys, time; from pathlib import Path; from liteshift import lock\n"
-        "from liteshift.concurrency import one_run_per_database\n"
+        "from liteshift.flows.concurrency import one_run_per_database\n"
         "with one_run_per_database(Path(sys.argv[1]), 5), lock.held(Path(sys.argv[1])):\n"
         "    print('held', flush=True); time.sleep(8)\n"
     )
     refuse = (
-        "import sys; from pathlib import Path; from liteshift.concurrency import one_run_per_database\n"
+        "import sys; from pathlib import Path; from liteshift.flows.concurrency import one_run_per_database\n"
         "try:\n"
         "    with one_run_per_database(Path(sys.argv[1]), 1): print('acquired')\n"
         "except Exception as exc: print(exc)\n"
@@ -334,8 +339,10 @@ def test_zombie_automation_is_installed(stack: Stack) -> None:
 @pytest.mark.skipif(
     shutil.which("chromium") is None, reason="chromium is not installed (.ci/run installs it)"
 )
-def test_ui_renders_the_report_artifact(stack: Stack, adhoc: dict[str, Any], tmp_path: Path) -> None:
-    report = artifacts(stack, adhoc["id"])["liteshift-report-adhoc-db"]
+def test_ui_renders_the_report_artifact(
+    stack: Stack, adhoc: dict[str, Any], tmp_path: Path, workdir: Path
+) -> None:
+    report = artifacts(stack, adhoc["id"])[f"liteshift-report-{db_key(workdir / 'adhoc.db')}"]
     url = f"http://127.0.0.1:{stack.port}/artifacts/artifact/{report['id']}"
     base = ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(
@@ -375,7 +382,7 @@ def test_scheduled_deployment_is_on_the_server_with_its_window(stack: Stack) -> 
 
 
 def test_rollback_deployment_started_by_hand_undoes_the_last_batch(
-    stack: Stack, adhoc: dict[str, Any]
+    stack: Stack, adhoc: dict[str, Any], workdir: Path
 ) -> None:
     assert adhoc["code"] == 0
     code, out, run_id = deployment_run(stack, "rollback-migration/by-hand", f"database={adhoc['db']}")
@@ -383,5 +390,5 @@ def test_rollback_deployment_started_by_hand_undoes_the_last_batch(
     assert flow_run(stack, run_id)["name"] == "rollback-adhoc.db"
     assert not PHASE1_INDEXES & index_names(adhoc["db"])
     assert tracked_versions(adhoc["db"]) == []
-    report = artifacts(stack, run_id)["liteshift-rollback-adhoc-db"]["data"]
+    report = artifacts(stack, run_id)[f"liteshift-rollback-{db_key(workdir / 'adhoc.db')}"]["data"]
     assert "- Action: **down**: ran the down of 001_add_composite_indexes" in report

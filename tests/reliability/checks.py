@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from liteshift.config import DEFAULT_MIGRATIONS_DIR
+from liteshift.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
 
 BIN = Path(sys.executable).parent
 MIG_001 = DEFAULT_MIGRATIONS_DIR / "001_add_composite_indexes.sql"

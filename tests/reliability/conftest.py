@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 from checks import BIN
+from stack import Stack, start, stop, wait_healthy
 
+from liteshift.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
 from liteshift.demo import build_demo_db
-from liteshift.stack import Stack, free_port, start, stop, wait_healthy
+from liteshift.flows.runtime import free_port
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -103,7 +105,8 @@ def run_cli(prefect_env: dict[str, str], tmp_path: Path) -> Callable[..., subpro
         env: dict[str, str] | None = None,
         timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
-        full = {**prefect_env, **(env or {})}
+        # The project's migrations, through the same variable a user would set (cwd is tmp_path).
+        full = {"LITESHIFT_MIGRATIONS_DIR": str(DEFAULT_MIGRATIONS_DIR), **prefect_env, **(env or {})}
         full.pop("LITESHIFT_KILL_AT", None)
         if kill_at:
             full["LITESHIFT_KILL_AT"] = kill_at

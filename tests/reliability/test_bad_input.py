@@ -20,14 +20,13 @@ from pathlib import Path
 import pytest
 from checks import MIG_001, snapshot, user_content
 
-from flows.migrate import build_config
 from liteshift import lock
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput, ChecksumDrift, DatabaseLocked, RollbackRefused
-from tasks.backup import backup_database
-from tasks.migrate import migrate_database
-from tasks.rollback import rollback_database
-from tasks.validate import CORRUPT_HINT, validate_database
+from liteshift.tasks.backup import backup_database
+from liteshift.tasks.migrate import apply_migrations
+from liteshift.tasks.rollback import rollback_database
+from liteshift.tasks.validate import CORRUPT_HINT, validate_database
 
 PAGE = 4096
 
@@ -139,7 +138,7 @@ def test_migration_that_fails_on_this_schema(new_db, make_migrations, statement,
 def test_drifted_checksum(new_db, make_migrations):
     db = new_db(500)
     migs = make_migrations({MIG_001.name: MIG_001.read_text()})
-    migrate_database(RunConfig(database=db, migrations_dir=migs))
+    apply_migrations(RunConfig(database=db, migrations_dir=migs))
     before = snapshot(db)
     old = (migs / MIG_001.name).read_bytes()
     (migs / MIG_001.name).write_bytes(old + b"\n-- edited after it was applied\n")
@@ -169,12 +168,13 @@ def test_migration_whose_down_fails(new_db, make_migrations):
             "-- migrate:down\nDROP INDEX idx_not_there;\n"
         }
     )
-    migrate_database(RunConfig(database=db, migrations_dir=migs))
+    apply_migrations(RunConfig(database=db, migrations_dir=migs))
     before = snapshot(db)
     with pytest.raises(RollbackRefused) as exc:
         rollback_database(db, migs)
     assert str(exc.value) == (
-        "The down of 001_idx.sql failed: no such index: idx_not_there in: DROP INDEX idx_not_there. "
+        "The down of 001_idx.sql failed, and the backup cannot be restored instead: no such index: "
+        "idx_not_there in: DROP INDEX idx_not_there; backup (none recorded) is not there. "
         "Try: the database is left as the migration made it (nothing was undone); fix the down section "
         "and run 'liteshift rollback' again"
     )
@@ -185,7 +185,7 @@ def test_a_partial_backup_is_never_restored(new_db, make_migrations):
     db = new_db(500)
     migs = make_migrations({"001_idx.sql": "-- migrate:up\nCREATE INDEX idx_a ON worklogs(issue_key);\n"})
     b = backup_database(RunConfig(database=db, migrations_dir=migs))
-    migrate_database(RunConfig(database=db, migrations_dir=migs), b.path, b.fingerprint)
+    apply_migrations(RunConfig(database=db, migrations_dir=migs), b.path, b.fingerprint)
     partial = Path(b.path + ".partial")
     shutil.copyfile(b.path, partial)
     before = snapshot(db)
@@ -200,7 +200,7 @@ def test_a_partial_backup_is_never_restored(new_db, make_migrations):
 
 def test_invalid_parameter():
     with pytest.raises(BadInput) as exc:
-        build_config(database="w.db", busy_timeout_ms=-1)
+        RunConfig.from_parameters(dict(database="w.db", busy_timeout_ms=-1))
     assert str(exc.value) == (
         "Invalid parameter busy_timeout_ms: Input should be greater than or equal to 0. "
         "Try: see 'liteshift run --help' for the accepted values"
@@ -366,7 +366,7 @@ def test_a_damaged_backup_is_never_restored(new_db, make_migrations):
     migs = make_migrations({"001_idx.sql": "-- migrate:up\nCREATE INDEX idx_a ON worklogs(issue_key);\n"})
     cfg = RunConfig(database=db, migrations_dir=migs)
     b = backup_database(cfg)
-    migrate_database(cfg, b.path, b.fingerprint)  # no down: the rollback would restore the backup
+    apply_migrations(cfg, b.path, b.fingerprint)  # no down: the rollback would restore the backup
     _damage(Path(b.path), 20, "flip")
     before = snapshot(db)
     with pytest.raises(RollbackRefused) as exc:

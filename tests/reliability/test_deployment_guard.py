@@ -14,7 +14,9 @@ from checks import applied_versions, snapshot
 
 pytestmark = pytest.mark.slow
 
-SERVE = "from flows.migrate import migrate_database; migrate_database.serve(name='reliability-guard')"
+SERVE = (
+    "from liteshift.flows.migrate import migrate_database; migrate_database.serve(name='reliability-guard')"
+)
 RUN = """
 import json, sys
 from prefect.deployments import run_deployment

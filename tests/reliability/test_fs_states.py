@@ -11,9 +11,9 @@ from pathlib import Path
 from checks import MIG_001, applied_versions, integrity, snapshot, user_content
 
 from liteshift.config import RunConfig
-from tasks.backup import backup_database
-from tasks.migrate import migrate_database
-from tasks.validate import validate_database
+from liteshift.tasks.backup import backup_database
+from liteshift.tasks.migrate import apply_migrations
+from liteshift.tasks.validate import validate_database
 
 WRITER_ROWS = 1000
 INSERT = (
@@ -46,7 +46,7 @@ def test_committed_rows_still_in_the_wal_are_backed_up_and_counted(new_db):
         assert con.execute("SELECT count(*) FROM worklogs WHERE comment = 'wal row'").fetchone() == (1000,)
         con.close()
         assert v.size_bytes > main_only.stat().st_size, "the size counts the pages still in the WAL"
-        migrate_database(cfg, b.path, b.fingerprint)
+        apply_migrations(cfg, b.path, b.fingerprint)
         assert app.execute("SELECT count(*) FROM worklogs").fetchone() == (2000 + WRITER_ROWS,)
     finally:
         app.close()
@@ -85,8 +85,8 @@ def test_hot_rollback_journal_is_recovered_on_open(new_db, tmp_path):
     assert not journal.exists() or journal.stat().st_size == 0
     assert user_content(snapshot(db)) == before, "nothing of the crashed transaction survives"
     b = backup_database(cfg)
-    migrate_database(cfg, b.path, b.fingerprint)
-    assert migrate_database(cfg).applied == [], "nothing is applied twice"
+    apply_migrations(cfg, b.path, b.fingerprint)
+    assert apply_migrations(cfg).applied == [], "nothing is applied twice"
     assert applied_versions(db) == ["001"]
     assert user_content(snapshot(db))["tables"] == before["tables"]
     assert integrity(db) == ["ok"]

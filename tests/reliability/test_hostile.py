@@ -12,14 +12,15 @@ import pytest
 from checks import snapshot
 
 from liteshift import guard
-from liteshift.config import DEFAULT_MIGRATIONS_DIR, RunConfig
+from liteshift.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
+from liteshift.config import RunConfig
 from liteshift.errors import BadInput
-from tasks.backup import backup_database
-from tasks.integrity import check_integrity
-from tasks.migrate import migrate_database
-from tasks.query_plan import check_query_plans, measure_before
-from tasks.validate import validate_database
-from tasks.verify_indexes import verify_indexes
+from liteshift.tasks.backup import backup_database
+from liteshift.tasks.integrity import check_integrity
+from liteshift.tasks.migrate import apply_migrations
+from liteshift.tasks.query_plan import check_query_plans
+from liteshift.tasks.validate import validate_database
+from liteshift.tasks.verify_indexes import verify_indexes
 
 
 @pytest.fixture
@@ -69,10 +70,13 @@ def test_a_root_prefix_is_not_a_root(roots):
         guard.check_deployment_paths(RunConfig(database=Path(f"{roots}-evil") / "w.db"))
 
 
-def test_without_configured_roots_only_the_project_data_dir(monkeypatch, tmp_path):
+def test_without_configured_roots_only_data_in_the_working_directory(monkeypatch, tmp_path):
     monkeypatch.delenv(guard.ENV, raising=False)
-    assert guard.allowed_roots() == [Path(os.path.realpath(guard.PROJECT_ROOT / "data"))]
-    guard.check_deployment_paths(RunConfig(database=guard.PROJECT_ROOT / "data" / "worklog_storage.db"))
+    monkeypatch.chdir(tmp_path / "work") if (tmp_path / "work").mkdir() is None else None
+    assert guard.allowed_roots() == [Path(os.path.realpath(tmp_path / "work" / "data"))]
+    guard.check_deployment_paths(
+        RunConfig(database=Path("data/worklog_storage.db"), report_dir=Path("reports"))
+    )
     with pytest.raises(guard.PathNotAllowed):
         guard.check_deployment_paths(RunConfig(database=tmp_path / "w.db"))
 
@@ -95,7 +99,7 @@ def test_project_migrations_and_reports_are_allowed(roots):
     cfg = RunConfig(
         database=roots / "w.db",
         migrations_dir=DEFAULT_MIGRATIONS_DIR,
-        report_dir=guard.PROJECT_ROOT / "reports",
+        report_dir=Path("reports"),
     )
     guard.check_deployment_paths(cfg)
 
@@ -159,14 +163,13 @@ def test_hostile_identifiers_are_quoted_in_every_step(tmp_path, make_migrations)
     from liteshift.migrations import load_migrations
 
     queries = [q for m in load_migrations(mig_dir) for q in m.queries]
-    before = measure_before(cfg, queries)
     b = backup_database(cfg)
     assert b.counts == {WEIRD_TABLE: 500, "companies": 0}
-    a = migrate_database(cfg, b.path, b.fingerprint)
+    a = apply_migrations(cfg, b.path, b.fingerprint)
     assert a.applied == ["001_weird"]
     assert [i.name for i in verify_indexes(cfg, v.indexes)] == [WEIRD_INDEX]
     assert check_integrity(cfg, v.touched_tables, v.index_only, a.rows_changed).counts == {WEIRD_TABLE: 500}
-    [result] = check_query_plans(cfg, queries, before)
+    [result] = check_query_plans(cfg, queries, b.path)
     assert result.plan.index == WEIRD_INDEX
     con = sqlite3.connect(db)
     assert con.execute("SELECT count(*) FROM companies").fetchone() == (0,)  # the table is still there

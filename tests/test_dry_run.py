@@ -10,8 +10,8 @@ from helpers import snapshot
 
 from liteshift.cli import main
 from liteshift.config import RunConfig
-from tasks.approval import Approval, ApprovalDenied, check_answer
-from tasks.plan import DryRunFailed, dry_run, dry_run_or_refuse, render_plan
+from liteshift.flows.approval import Approval, ApprovalDenied, check_answer
+from liteshift.tasks.dry_run import DryRunFailed, dry_run, dry_run_or_refuse, render_plan
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
