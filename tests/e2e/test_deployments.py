@@ -154,8 +154,8 @@ def test_adhoc_run_completes_with_indexes_and_artifacts(
     assert {
         f"liteshift-report-{db_key(workdir / 'adhoc.db')}",
         f"liteshift-bench-{db_key(workdir / 'adhoc.db')}",
-        "liteshift-backup-adhoc-db",
-        "liteshift-migrate-adhoc-db",
+        f"liteshift-backup-{db_key(workdir / 'adhoc.db')}",
+        f"liteshift-migrate-{db_key(workdir / 'adhoc.db')}",
     } <= set(found)
     report = found[f"liteshift-report-{db_key(workdir / 'adhoc.db')}"]
     assert report["type"] == "markdown"
@@ -164,8 +164,8 @@ def test_adhoc_run_completes_with_indexes_and_artifacts(
     assert "| maintenance-window | ✅ passed |" in report["data"]
     bench = json.loads(found[f"liteshift-bench-{db_key(workdir / 'adhoc.db')}"]["data"])
     assert {row["index"] for row in bench} == PHASE1_INDEXES
-    assert found["liteshift-backup-adhoc-db"]["data"] == 100.0
-    assert found["liteshift-migrate-adhoc-db"]["data"] == 100.0
+    assert found[f"liteshift-backup-{db_key(workdir / 'adhoc.db')}"]["data"] == 100.0
+    assert found[f"liteshift-migrate-{db_key(workdir / 'adhoc.db')}"]["data"] == 100.0
     limit = api(stack, "GET", f"/v2/concurrency_limits/{limit_name(adhoc['db'])}")
     assert (limit["limit"], limit["active_slots"]) == (1, 0)
     with connection(adhoc["db"], readonly=True) as con:
