@@ -90,7 +90,8 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     )
     try:
         wait_healthy(stack)
-        yield stack.env()
+        # The project's migrations for every liteshift process, through the variable a user sets.
+        yield {**stack.env(), "LITESHIFT_MIGRATIONS_DIR": str(DEFAULT_MIGRATIONS_DIR)}
     finally:
         stop(stack, "server", grace_s=20)
 
