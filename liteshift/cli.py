@@ -113,34 +113,26 @@ def _print_error(exc: MigrationError) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Answer at once when nothing is pending; otherwise run the migrate-database flow."""
-    cfg = _config(args)
-    done = _nothing_pending(cfg)
-    if done is not None:
-        _print_nothing_to_do(done, cfg, args.json)
-        return EXIT_OK
-    return _run_flow(cfg, args.json)
+    return _migrate(_config(args), args.json)
 
 
-def _nothing_pending(cfg: RunConfig) -> Status | None:
-    """The status when every migration is applied (drift refused), None when there is work."""
+def _migrate(cfg: RunConfig, as_json: bool) -> int:
+    """Say so at once when nothing is pending (drift refused); otherwise run the flow."""
     from liteshift.status import read_status
-    from liteshift.tracking import check_drift
 
     status = read_status(cfg.database, cfg.migrations_dir, cfg.busy_timeout_ms)
     if status.pending:
-        return None
+        return _run_flow(cfg, as_json)
     if status.drift:
-        from liteshift.migrations import load_migrations
-
-        check_drift(load_migrations(cfg.migrations_dir), {a.version: a for a in status.applied})
-    return status
+        raise status.drift[0].error()
+    _print_nothing_to_do(status, cfg, as_json)
+    return EXIT_OK
 
 
 def _print_nothing_to_do(status: Status, cfg: RunConfig, as_json: bool) -> None:
     from liteshift import lock
 
-    dead = lock.clear_stale(cfg.database, cfg.busy_timeout_ms)
-    warnings = [] if dead is None else [lock.dead_run_message(dead)]
+    warnings = lock.clear_dead_run(cfg.database, cfg.busy_timeout_ms)
     if as_json:
         print(json.dumps({**status.summary(), "status": "nothing-to-do", "warnings": warnings}))
         return
@@ -219,12 +211,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"Building {db} with {args.rows:,} worklogs ...")
         db.parent.mkdir(parents=True, exist_ok=True)
         build_demo_db(db, args.rows)
-    cfg = RunConfig.from_parameters({"database": db, "migrations_dir": DEMO_MIGRATIONS_DIR})
-    done = _nothing_pending(cfg)
-    if done is not None:
-        _print_nothing_to_do(done, cfg, args.json)
-        return EXIT_OK
-    return _run_flow(cfg, args.json)
+    return _migrate(
+        RunConfig.from_parameters({"database": db, "migrations_dir": DEMO_MIGRATIONS_DIR}), args.json
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -18,23 +18,13 @@ from liteshift.migrations import load_migrations
 
 
 @dataclass(frozen=True)
-class Drift:
-    """An applied migration whose file changed since."""
-
-    version: str
-    file: str
-    applied: str  # checksum when applied
-    now: str  # checksum of the file now
-
-
-@dataclass(frozen=True)
 class Status:
     """Applied, pending and drifted migrations of one database."""
 
     database: str
     applied: list[tracking.TrackingRow]
     pending: list[str]
-    drift: list[Drift]
+    drift: list[tracking.Drift]
 
     def summary(self) -> dict[str, Any]:
         """The JSON object `liteshift status --json` prints."""
@@ -59,11 +49,5 @@ def read_status(database: Path, migrations_dir: Path, busy_timeout_ms: int = 500
         if is_locked_error(exc):
             raise
         raise BadInput(f"Database {database} is corrupt", str(exc), CORRUPT_HINT) from exc
-    drift = [
-        Drift(m.version, m.path.name, applied[m.version].checksum, m.checksum)
-        for m in files
-        if m.version in applied and applied[m.version].checksum != m.checksum
-    ]
-    return Status(
-        str(database), list(applied.values()), [m.label for m in tracking.pending(files, applied)], drift
-    )
+    pending = [m.label for m in tracking.pending(files, applied)]
+    return Status(str(database), list(applied.values()), pending, tracking.drifted(files, applied))

@@ -106,6 +106,8 @@ def ensure_current(con: sqlite3.Connection) -> int:
     """
     found = schema_version(con)
     _refuse_newer(found)
+    if found == SCHEMA_VERSION:
+        return found  # nothing to write
     con.execute(TRACKING_DDL)
     con.execute(META_DDL)
     if found == 1:
@@ -124,17 +126,37 @@ def ensure_current(con: sqlite3.Connection) -> int:
     return found
 
 
+@dataclass(frozen=True)
+class Drift:
+    """An applied migration whose file changed since."""
+
+    version: str
+    file: str
+    applied: str  # checksum when applied
+    now: str  # checksum of the file now
+
+    def error(self) -> ChecksumDrift:
+        return ChecksumDrift(
+            f"Migration {self.file} changed after it was applied",
+            f"applied checksum {self.applied}, file checksum now {self.now}",
+            "restore the file as it was applied, or write the change as a new migration",
+        )
+
+
+def drifted(migrations: list[Migration], applied: dict[str, TrackingRow]) -> list[Drift]:
+    """Applied migrations whose file's checksum is no longer the one recorded, in order."""
+    return [
+        Drift(m.version, m.path.name, applied[m.version].checksum, m.checksum)
+        for m in migrations
+        if m.version in applied and applied[m.version].checksum != m.checksum
+    ]
+
+
 def check_drift(migrations: list[Migration], applied: dict[str, TrackingRow]) -> None:
     """Refuse when an applied migration's file changed since it was applied."""
-    by_version = {m.version: m for m in migrations}
-    for version, row in applied.items():
-        mig = by_version.get(version)
-        if mig and mig.checksum != row.checksum:
-            raise ChecksumDrift(
-                f"Migration {mig.path.name} changed after it was applied",
-                f"applied checksum {row.checksum}, file checksum now {mig.checksum}",
-                "restore the file as it was applied, or write the change as a new migration",
-            )
+    drift = drifted(migrations, applied)
+    if drift:
+        raise drift[0].error()
 
 
 def pending(migrations: list[Migration], applied: dict[str, TrackingRow]) -> list[Migration]:
