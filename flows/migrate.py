@@ -110,7 +110,7 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
     report.warnings += v.warnings
     if not v.pending:
         report.status = "nothing-to-do"
-        report.warnings += _dead_run_warning(cfg)
+        report.warnings += lock.clear_dead_run(cfg.database, cfg.busy_timeout_ms)
         get_run_logger().info("Nothing to migrate in %s: %s applied", cfg.database, len(v.applied))
         return
     _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
@@ -132,12 +132,6 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
             _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
         with lock.held(cfg.database, cfg.busy_timeout_ms):
             _locked_pipeline(cfg, report, v)
-
-
-def _dead_run_warning(cfg: RunConfig) -> list[str]:
-    """A run killed after its commit leaves its lock row: clear it and say the run never finished."""
-    dead = lock.clear_stale(cfg.database, cfg.busy_timeout_ms)
-    return [] if dead is None else [lock.dead_run_message(dead)]
 
 
 def _locked_pipeline(cfg: RunConfig, report: RunReport, v: Validation) -> None:

@@ -113,13 +113,16 @@ def clear_stale(database: Path, busy_timeout_ms: int = 5000, stale_after_s: floa
     return dead
 
 
-def dead_run_message(dead: Holder) -> str:
-    """The warning for a run that died holding the lock after its commit."""
-    return (
+def clear_dead_run(database: Path, busy_timeout_ms: int = 5000) -> list[str]:
+    """Clear the lock row a run killed after its commit left; the warning to show, if any."""
+    dead = clear_stale(database, busy_timeout_ms)
+    if dead is None:
+        return []
+    return [
         f"a previous run (host {dead.host} pid {dead.pid}) died while holding the lock; its lock "
         "was cleared. Its migrations are applied, but its verification and report may be missing: "
         "check the indexes and the last report"
-    )
+    ]
 
 
 def release(database: Path, token: str, busy_timeout_ms: int = 5000) -> None:
