@@ -60,10 +60,7 @@ def test_a_failing_down_changes_nothing(make_db, config, tmp_path: Path) -> None
 def test_restore_when_no_down_and_no_writes_since(make_db, config, tmp_path: Path) -> None:
     db = make_db()
     before = user_snapshot(db)
-    d = migrations_dir(tmp_path, NO_DOWN)
-    cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
-    b = backup_database(cfg)
-    apply_migrations(cfg, backup_path=b.path, backup_fingerprint=b.fingerprint)
+    d, b = _applied_with_backup(db, config, tmp_path, NO_DOWN)
     r = rollback_database(db, d, ["001"], b.path)
     assert (r.action, r.message) == ("restore", f"restored the backup {b.path}")
     assert user_snapshot(db) == before
@@ -72,10 +69,7 @@ def test_restore_when_no_down_and_no_writes_since(make_db, config, tmp_path: Pat
 
 def test_restore_over_newer_writes_is_refused(make_db, config, tmp_path: Path) -> None:
     db = make_db()
-    d = migrations_dir(tmp_path, NO_DOWN)
-    cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
-    b = backup_database(cfg)
-    apply_migrations(cfg, backup_path=b.path, backup_fingerprint=b.fingerprint)
+    d, b = _applied_with_backup(db, config, tmp_path, NO_DOWN)
     with sqlite3.connect(db) as con:
         con.execute("INSERT INTO companies (name) VALUES ('written after the backup')")
     before = snapshot(db)
@@ -122,10 +116,7 @@ BAD_DOWN = {
 def test_a_failing_down_falls_back_to_the_verified_backup(make_db, config, tmp_path: Path) -> None:
     db = make_db()
     before = user_snapshot(db)
-    d = migrations_dir(tmp_path, BAD_DOWN)
-    cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
-    b = backup_database(cfg)
-    apply_migrations(cfg, backup_path=b.path, backup_fingerprint=b.fingerprint)
+    d, b = _applied_with_backup(db, config, tmp_path, BAD_DOWN)
     r = rollback_database(db, d, ["001"], b.path)
     assert (r.action, r.message) == (
         "restore",
@@ -137,10 +128,7 @@ def test_a_failing_down_falls_back_to_the_verified_backup(make_db, config, tmp_p
 
 def test_a_failing_down_after_newer_writes_restores_nothing(make_db, config, tmp_path: Path) -> None:
     db = make_db()
-    d = migrations_dir(tmp_path, BAD_DOWN)
-    cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
-    b = backup_database(cfg)
-    apply_migrations(cfg, backup_path=b.path, backup_fingerprint=b.fingerprint)
+    d, b = _applied_with_backup(db, config, tmp_path, BAD_DOWN)
     with sqlite3.connect(db) as con:
         con.execute("INSERT INTO companies (name) VALUES ('written after the migration')")
     before = snapshot(db)
@@ -151,3 +139,12 @@ def test_a_failing_down_after_newer_writes_restores_nothing(make_db, config, tmp
         f"i_missing in: DROP INDEX i_missing; rows were written after the backup {b.path} was taken"
     )
     assert snapshot(db) == before
+
+
+def _applied_with_backup(db: Path, config, tmp_path: Path, files: dict[str, str]):
+    """Back up db into tmp_path and apply the migrations in files, as the flow does."""
+    d = migrations_dir(tmp_path, files)
+    cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
+    b = backup_database(cfg)
+    apply_migrations(cfg, backup_path=b.path, backup_fingerprint=b.fingerprint)
+    return d, b
