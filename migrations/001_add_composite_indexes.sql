@@ -17,7 +17,12 @@ ON billing_rates(billing_project_id, user_email, issue_type);
 CREATE INDEX IF NOT EXISTS idx_factorial_leaves_company_status
 ON factorial_leaves(user_id, status, start_date DESC);
 
-ANALYZE;
+-- Statistics for what this migration created only: a whole-database ANALYZE would read every
+-- table and index inside the write lock.
+ANALYZE idx_worklogs_user_range;
+ANALYZE idx_worklogs_instance_range;
+ANALYZE idx_billing_rates_lookup;
+ANALYZE idx_factorial_leaves_company_status;
 
 COMMIT;
 
@@ -26,4 +31,4 @@ DROP INDEX IF EXISTS idx_worklogs_user_range;
 DROP INDEX IF EXISTS idx_worklogs_instance_range;
 DROP INDEX IF EXISTS idx_billing_rates_lookup;
 DROP INDEX IF EXISTS idx_factorial_leaves_company_status;
-ANALYZE;
+-- Dropping an index removes its sqlite_stat1 rows: no ANALYZE needed.

@@ -128,3 +128,22 @@ def test_a_tracking_layout_from_a_newer_liteshift_is_refused(make_db, config) ->
         "liteshift wrote them. Try: run the newer liteshift (pip install -U liteshift); nothing was written"
     )
     assert snapshot(db) == before
+
+
+def test_001_analyses_exactly_the_indexes_it_creates(make_db, config) -> None:
+    db = make_db()
+
+    def stats() -> set[tuple[str, str | None, str]]:
+        with sqlite3.connect(db) as con:
+            return set(con.execute("SELECT tbl, idx, stat FROM sqlite_stat1"))
+
+    before = stats()
+    apply_migrations(config(db))
+    after = stats()
+    assert before <= after, "no other statistics were rewritten"
+    assert {idx for _, idx, _ in after - before} == {
+        "idx_worklogs_user_range",
+        "idx_worklogs_instance_range",
+        "idx_billing_rates_lookup",
+        "idx_factorial_leaves_company_status",
+    }
