@@ -3,9 +3,12 @@
 For each size: a deterministic worklog database is built once (seed 1) as a template; every
 measured run gets its own fresh `cp` of it. Per repeat, three runs in rotating order:
 
-  a  `liteshift run --database COPY --json`: the whole pipeline, Prefect's fixed cost included
+  a  `liteshift run --database COPY --json`: the whole pipeline, Prefect's fixed cost included,
+     on the embedded API (LITESHIFT_LOCAL_API empty: no server is looked for); with --server,
+     a' is the same against a running `prefect server start` on loopback
   b  the naive hand-run sequence in one sqlite3 CLI process: .backup, PRAGMA quick_check,
-     BEGIN; the migration's CREATE INDEX statements; ANALYZE; COMMIT, PRAGMA integrity_check,
+     BEGIN; the migration's CREATE INDEX statements; its ANALYZE statements; COMMIT, PRAGMA
+     integrity_check,
      the declared queries once each (timestamps between the steps give the breakdown)
   c  the bare CREATE INDEX statements in one transaction (sqlite3 CLI): the floor for the
      write-lock window; the `cp` that made c's copy is timed too (the floor for a backup)
@@ -13,7 +16,7 @@ measured run gets its own fresh `cp` of it. Per repeat, three runs in rotating o
 Wall time and peak RSS come from os.wait4 on each process. Results go to bench/out as JSON;
 bench/report.py turns them into tables and the plot.
 
-    .venv/bin/python bench/run.py --sizes 100000,1000000,10000000 --repeat 5 --repeat-large 3
+    .venv/bin/python bench/run.py --sizes 100000,1000000 --repeat 5 --server
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ def run_pipeline(copy: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
         "run",
         "--database",
         str(copy),
+        "--migrations",
+        str(ROOT / "migrations"),
         "--backup-dir",
         str(work),
         "--report-dir",
@@ -136,6 +141,7 @@ def run_pipeline(copy: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
         "fixed_s": round(r["wall_s"] - step_sum, 3),
         "steps": {s["name"]: s["seconds"] for s in summary["steps"]},
         "lock_s": summary["lock_seconds"],
+        "to_lock_s": summary["seconds_to_lock"],
         "checkpoint_s": summary.get("checkpoint_seconds"),
         "backup": {
             k: summary["backup"][k]
@@ -219,10 +225,42 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5, help="repeats below 5M rows")
     p.add_argument("--repeat-large", type=int, default=3, help="repeats at 5M rows and more")
     p.add_argument("--out", type=Path, help="results JSON (default bench/out/results-<time>.json)")
+    p.add_argument("--server", action="store_true", help="also run the pipeline against a local server")
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(OUT / "prefect-home")
+    env["LITESHIFT_LOCAL_API"] = ""  # the embedded API unless --server says otherwise
+    server = start_server() if args.server else None
+    try:
+        _measure(args, env, None if server is None else {**env, "PREFECT_API_URL": server.api_url})
+    finally:
+        if server is not None:
+            stop(server, "server", grace_s=20)
+
+
+def start_server() -> Any:
+    """`prefect server start` on a free loopback port, with `make up`'s functions (stopped by PID)."""
+    sys.path.insert(0, str(ROOT / "deployments"))
+    from stack import Stack, start, wait_healthy
+
+    from liteshift.flows.runtime import free_port
+
+    stack = Stack(OUT / "server-stack", free_port())
+    start(
+        stack, "server", [stack.prefect, "server", "start", "--host", "127.0.0.1", "--port", str(stack.port)]
+    )
+    wait_healthy(stack, timeout_s=120)
+    return stack
+
+
+def stop(stack: Any, name: str, grace_s: float) -> None:
+    from stack import stop as stop_process
+
+    print(f"server {stop_process(stack, name, grace_s)}", file=sys.stderr)
+
+
+def _measure(args: argparse.Namespace, env: dict[str, str], server_env: dict[str, str] | None) -> None:
     results: dict[str, Any] = {"machine": machine(), "argv": sys.argv, "sizes": {}}
     out = args.out or OUT / f"results-{time.strftime('%Y%m%d-%H%M%S')}.json"
     # One untimed warm-up run: the first use of a PREFECT_HOME creates the API's database.
@@ -239,13 +277,15 @@ def main() -> None:
         work.mkdir()
         copy = work / "db.sqlite"
         repeat = args.repeat if rows < 5_000_000 else args.repeat_large
-        runs: dict[str, list[dict[str, Any]]] = {"pipeline": [], "naive": [], "bare": []}
-        order = ["pipeline", "naive", "bare"]
+        order = ["pipeline", "naive", "bare"] + (["pipeline-server"] if server_env else [])
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in order}
         for i in range(repeat):
-            for kind in order[i % 3 :] + order[: i % 3]:
+            for kind in order[i % len(order) :] + order[: i % len(order)]:
                 cp_s = fresh_copy(template, copy)
                 if kind == "pipeline":
                     r = run_pipeline(copy, work, env)
+                elif kind == "pipeline-server" and server_env:
+                    r = run_pipeline(copy, work, server_env)
                 elif kind == "naive":
                     r = run_naive(copy, work)
                 else:

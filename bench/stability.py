@@ -1,9 +1,8 @@
 """Do two pipeline runs on equal copies agree on each declared query's p50? For a few budgets.
 
-Runs the migrate-database flow the way `liteshift run` does (same embedded API, same settings)
-on fresh copies of one template, alternating the query-timing budget (the flow's bench_budget_s
-parameter; the CLI has no option for it), and prints, per query and phase, the p50 of every run
-and the largest disagreement between any two runs.
+Runs `liteshift run --bench-budget B --json` on fresh copies of one template, alternating the
+query-timing budget, and prints, per query and phase, the p50 of every run and the largest
+disagreement between any two runs.
 
     .venv/bin/python bench/stability.py --rows 1000000 --budgets 0.25,1.0 --repeat 3
 """
@@ -20,21 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
-
-FLOW_CALL = """
-import json, sys
-from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
-configure_prefect()
-api = connect_api()
-from liteshift.flows.migrate import migrate_database
-api.wait()
-with command_settings():
-    s = migrate_database(database=sys.argv[1], backup_dir=sys.argv[2], report_dir=sys.argv[2],
-                         bench_budget_s=float(sys.argv[3]))
-print(json.dumps(s))
-"""
 
 
 def one_run(template: Path, work: Path, budget: float, env: dict[str, str]) -> dict[str, float]:
@@ -43,8 +28,11 @@ def one_run(template: Path, work: Path, budget: float, env: dict[str, str]) -> d
             p.unlink()
     db = work / "db.sqlite"
     subprocess.run(["cp", str(template), str(db)], check=True)
+    liteshift = str(Path(sys.executable).with_name("liteshift"))
+    where = ["--database", str(db), "--migrations", str(ROOT / "migrations")]
+    timing = ["--bench-budget", str(budget), "--json"]
     out = subprocess.run(
-        [sys.executable, "-c", FLOW_CALL, str(db), str(work), str(budget)],
+        [liteshift, "run", *where, "--backup-dir", str(work), "--report-dir", str(work), *timing],
         env=env,
         capture_output=True,
         text=True,
@@ -71,6 +59,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PREFECT_HOME"] = str(OUT / "prefect-home")
+    env["LITESHIFT_LOCAL_API"] = ""  # the embedded API, as on a machine without a server
     budgets = [float(b) for b in args.budgets.split(",")]
     runs: dict[float, list[dict[str, float]]] = {b: [] for b in budgets}
     for i in range(args.repeat):
