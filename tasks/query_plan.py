@@ -98,7 +98,7 @@ def _bare(sql: str) -> str:
 
 
 class Sampler:
-    """Times one query on one connection, a sample at a time.
+    """Times one query on one connection, in turns of samples.
 
     A sample times a batch of executions so that it lasts about BATCH_S (0.2 ms): a query of a few
     microseconds is then timed in batches, so timer and loop overhead do not dominate it.
@@ -108,19 +108,38 @@ class Sampler:
 
     def __init__(self, con: sqlite3.Connection, sql: str) -> None:
         self.con, self.text = con, _bare(sql)
+        self.rows = len(con.execute(self.text).fetchall())  # warm-up: prepares, reads the pages
         start = time.perf_counter()
-        self.rows = len(con.execute(self.text).fetchall())  # warm-up: prepares, counts rows
-        self.batch = _batch_size(con, self.text, time.perf_counter() - start)
+        con.execute(self.text).fetchall()  # a warm execution decides the batch, not the cold one
+        warm_s = time.perf_counter() - start
+        self.batch = _batch_size(con, self.text, warm_s)
+        # A fast query runs once untimed at the start of each turn: the other side's query ran in
+        # between and pushed its pages out of the CPU caches. A slow one does not notice.
+        self.rewarm = warm_s < REWARM_BELOW_S
         self.samples: list[float] = []
+        self.timed_s = 0.0
 
-    def sample(self) -> None:
-        start = time.perf_counter()
-        for _ in range(self.batch):
+    def turn(self, slice_s: float, max_runs: int) -> None:
+        """Samples for about slice_s (at least one, at most up to max_runs in all)."""
+        if self.rewarm:
             self.con.execute(self.text).fetchall()
-        self.samples.append((time.perf_counter() - start) * 1000 / self.batch)
+        end = time.perf_counter() + slice_s
+        while len(self.samples) < max_runs:
+            start = time.perf_counter()
+            for _ in range(self.batch):
+                self.con.execute(self.text).fetchall()
+            elapsed = time.perf_counter() - start
+            self.timed_s += elapsed
+            self.samples.append(elapsed * 1000 / self.batch)
+            if start + elapsed >= end:
+                return
 
-    def settled(self) -> bool:
-        """True when the median's 95% confidence interval is within STOP_WIDTH of the median."""
+    def settled(self, max_runs: int) -> bool:
+        """Timed long enough, and the median's 95% interval within STOP_WIDTH of the median."""
+        if len(self.samples) >= max_runs:
+            return True
+        if self.timed_s < SETTLE_AFTER_S:
+            return False
         ordered, n = sorted(self.samples), len(self.samples)
         half = 0.98 * math.sqrt(n)  # order statistics around n/2 give a 95% interval for the median
         lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half))
@@ -133,17 +152,20 @@ class Sampler:
         return Timing(len(ordered) * self.batch, statistics.median(ordered), p95, self.rows, self.batch)
 
 
+SLICE_S = 0.02  # each side's turn: short enough that machine drift hits both sides alike
 STOP_WIDTH = 0.10  # stop once the median is known to +-5%, or the budget is spent
+SETTLE_AFTER_S = 0.1  # ...but not before each side was timed this long: a few samples agree by luck
+REWARM_BELOW_S = 0.001
 
 
 def _run_until_settled(samplers: list[Sampler], cfg: RunConfig) -> None:
-    """Sample each in turn, so machine drift hits them alike; stop when all settled or time is up."""
+    """Time each in turn, so machine drift hits them alike; stop when all settled or time is up."""
     budget_end = time.perf_counter() + cfg.bench_budget_s
-    while len(samplers[0].samples) < cfg.bench_max_runs:
+    while True:
         for s in samplers:
-            s.sample()
-        if len(samplers[0].samples) >= cfg.bench_min_runs and (
-            time.perf_counter() >= budget_end or all(s.settled() for s in samplers)
+            s.turn(SLICE_S, cfg.bench_max_runs)
+        if all(len(s.samples) >= cfg.bench_min_runs for s in samplers) and (
+            time.perf_counter() >= budget_end or all(s.settled(cfg.bench_max_runs) for s in samplers)
         ):
             return
 
