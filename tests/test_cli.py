@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,25 @@ def test_status_reports_drift_with_exit_2(
     )
     assert capsys.readouterr().err.startswith("Error: Migration 001_i.sql changed after it was applied")
     assert snapshot(db) == before
+
+
+def test_rollback_of_a_damaged_database_exits_2_with_a_message(
+    make_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = make_db()
+    assert main(["run", "--database", str(db), "--report-dir", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    with sqlite3.connect(db) as con:  # everything in the main file, so the bytes tell
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with db.open("r+b") as fh:  # keep the header, damage the pages behind it
+        fh.seek(4096)
+        fh.write(b"\xff" * 8192)
+    before = db.read_bytes()
+    assert main(["rollback", "--database", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: Database {db} cannot be rolled back: ")
+    assert err.endswith(
+        "Try: restore the database from your last good backup or run 'sqlite3 DB .recover'; "
+        "liteshift will not migrate a damaged file\n"
+    )
+    assert db.read_bytes() == before

@@ -72,3 +72,22 @@ def test_approval_answer_decides():
         "Migration of w.db was not approved: the reviewer answered: not tonight. "
         "Try: start a new run when the plan is acceptable; nothing was written"
     )
+
+
+def test_an_unanswered_approval_is_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.exceptions import FlowPauseTimeout
+
+    from liteshift.flows import approval
+
+    def nobody_answers(**_: object) -> Approval:
+        raise FlowPauseTimeout("Flow run was paused and never resumed.")
+
+    monkeypatch.setattr(approval, "pause_flow_run", nobody_answers)
+    with pytest.raises(approval.ApprovalTimedOut) as err:
+        approval.ask_approval("# plan", Path("w.db"), 30)
+    assert err.value.exit_code == 2
+    assert str(err.value) == (
+        "Migration of w.db was not approved in time: nobody answered the approval form within 30 s; "
+        "nothing was written. Try: approve the next run in the Prefect UI (Resume, tick approve) "
+        "sooner, raise approval_timeout_s, or run again"
+    )
