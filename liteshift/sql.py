@@ -12,8 +12,8 @@ from liteshift.errors import BadInput
 
 # A directive is one only where it starts a line: the same words inside a string literal or
 # after a statement are text.
-UP_RE = re.compile(r"^--\s*migrate:up\b[^\n]*$", re.MULTILINE)
-DOWN_RE = re.compile(r"^--\s*migrate:down\b[^\n]*$", re.MULTILINE)
+DIRECTIVE_RE = re.compile(r"^--\s*migrate:(?P<kind>[a-z]+)\b(?P<arg>[^\n]*)$", re.MULTILINE)
+DIRECTIVES = ("up", "down", "rebuild", "columns")
 UP_MARK = "-- migrate:up"
 DOWN_MARK = "-- migrate:down"
 # Statements the runner owns: a file that still says BEGIN/COMMIT keeps working.
@@ -61,21 +61,32 @@ def strip_comments(sql: str) -> str:
     return "".join(out).strip()
 
 
-def sections(text: str, filename: str) -> tuple[str, str]:
-    """The up and down text of a migration file, split at directives that start a line."""
-    up = UP_RE.search(text)
-    if up is None:
+def sections(text: str, filename: str) -> list[tuple[str, str, str]]:
+    """The (directive, argument, body) sections of a migration file, in order.
+
+    Directives count only at the start of a line: `-- migrate:up`, `-- migrate:down`,
+    `-- migrate:rebuild TABLE` and `-- migrate:columns`. Text before the first one is ignored.
+    """
+    found = list(DIRECTIVE_RE.finditer(text))
+    for m in found:
+        if m.group("kind") not in DIRECTIVES:
+            raise BadInput(
+                f"Migration {filename} has an unknown directive '-- migrate:{m.group('kind')}'",
+                f"liteshift knows {', '.join('migrate:' + d for d in DIRECTIVES)}",
+                "fix the directive's spelling",
+            )
+    if not any(m.group("kind") in ("up", "rebuild") for m in found):
         raise BadInput(
             f"Migration {filename} has no '{UP_MARK}' section",
             "liteshift cannot tell which statements apply the migration "
             "(a directive counts only at the start of a line)",
             f"put '{UP_MARK}' on its own line above the statements and '{DOWN_MARK}' above the undo",
         )
-    after_up = text[up.end() :]
-    down = DOWN_RE.search(after_up)
-    if down is None:
-        return after_up, ""
-    return after_up[: down.start()], after_up[down.end() :]
+    ends = [m.start() for m in found[1:]] + [len(text)]
+    return [
+        (m.group("kind"), m.group("arg").strip(), text[m.end() : end])
+        for m, end in zip(found, ends, strict=True)
+    ]
 
 
 def split_statements(sql: str, where: str) -> tuple[str, ...]:
