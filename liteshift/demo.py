@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import sqlite_utils
@@ -81,6 +82,9 @@ COMPANIES = 20
 TEAMS = 100
 PROJECTS = 200
 USERS = 500
+ISSUE_TYPES = ("Bug", "Story", "Task", "Epic", "Spike")
+# Knuth's multiplicative-hash constant (a prime), used to scatter billing-rate triples.
+_SCATTER = 2654435761
 
 
 def _numbers(count: int) -> str:
@@ -94,30 +98,80 @@ def _mix(seed: int, salt: int) -> str:
     return f"(((n + {seed * 7919}) * {multiplier}) % 4294967291)"
 
 
-def _email(expr: str) -> str:
+def _email(expr: str, users: int = USERS) -> str:
     # user #0 is the report's 'user@example.com', so its queries find rows.
     return (
-        f"CASE ({expr}) % {USERS} WHEN 0 THEN 'user@example.com' "
-        f"ELSE 'user' || (({expr}) % {USERS}) || '@example.com' END"
+        f"CASE ({expr}) % {users} WHEN 0 THEN 'user@example.com' "
+        f"ELSE 'user' || (({expr}) % {users}) || '@example.com' END"
+    )
+
+
+def _company_of(parent_id: str) -> str:
+    """The company owning team / billing project number `parent_id` (one formula for both sides).
+
+    Children (worklogs, invoices) pick their parent first and take its company from this same
+    expression, so a row's company always equals its parent's company (the phase-2 composite
+    foreign keys, e.g. worklogs(company_id, team_id) -> teams(company_id, id)).
+    """
+    return f"(1 + ({parent_id}) % {COMPANIES})"
+
+
+def _issue_type(expr: str) -> str:
+    whens = " ".join(f"WHEN {i} THEN '{name}'" for i, name in enumerate(ISSUE_TYPES))
+    return f"CASE {expr} {whens} END"
+
+
+def _billing_rate_triples(side: int, seed: int) -> tuple[str, str, str]:
+    """SQL expressions of n for (billing_project_id, user_email, issue_type), distinct for n = 1..side.
+
+    Each n is mapped to a combination number k = ((n + offset) * a) % combos, where a is coprime
+    to combos: a bijection of the integers modulo combos, so distinct n <= combos give distinct k
+    and so distinct triples (phase 2's UNIQUE (billing_project_id, user_email, issue_type)). k is
+    then read as mixed-radix digits: project = k % PROJECTS (lowest), user = (k / PROJECTS) %
+    users, issue type = k / (PROJECTS * users) (highest), which scatters all three.
+
+    PROJECTS x USERS x 5 issue types = 500,000 combinations. Up to that many rates (rows <= ~2M)
+    the user pool is the same 500 users as the worklogs' authors. Beyond it (10M rows -> 2.5M
+    rates) the pool of rate users widens to ceil(side / (PROJECTS * 5)) -- 'user500@...' and up,
+    who log no work -- rather than capping the table, so billing_rates keeps its rows // 4 size
+    in the benchmarks, and 'user@example.com' (user #0) still has rates.
+    """
+    per_user = PROJECTS * len(ISSUE_TYPES)
+    users = max(USERS, -(-side // per_user))
+    combos = per_user * users
+    multiplier = _SCATTER
+    while math.gcd(multiplier, combos) != 1:
+        multiplier += 1
+    k = f"(((n + {(seed * 7919) % combos}) * {multiplier}) % {combos})"
+    return (
+        f"1 + {k} % {PROJECTS}",
+        _email(f"{k} / {PROJECTS}", users),
+        _issue_type(f"{k} / {PROJECTS * users}"),
     )
 
 
 def fill(con_path: Path, rows: int, seed: int) -> None:
-    """Insert the rows of every table in one transaction."""
+    """Insert the rows of every table in one transaction.
+
+    The data already satisfies the phase-2 (multi-tenant) constraints: a worklog's team and an
+    invoice's billing project belong to the row's company; time_spent_seconds >= 60; started is
+    'YYYY-MM-DD HH:MM:SS' text; a leave ends 1-10 days after it starts, with one of the four
+    statuses; (billing_project_id, user_email, issue_type) is unique in billing_rates.
+    """
     with connection(con_path) as con:
         con.execute("BEGIN IMMEDIATE")
         con.execute(_numbers(COMPANIES) + "INSERT INTO companies SELECT n, 'Company ' || n FROM seq")
         con.execute(
-            _numbers(TEAMS) + f"INSERT INTO teams SELECT n, 1 + n % {COMPANIES}, 'Team ' || n FROM seq"
+            _numbers(TEAMS) + f"INSERT INTO teams SELECT n, {_company_of('n')}, 'Team ' || n FROM seq"
         )
         con.execute(
-            _numbers(PROJECTS) + f"INSERT INTO billing_projects SELECT n, "
-            f"1 + n % {COMPANIES}, 'Project ' || n FROM seq"
+            _numbers(PROJECTS)
+            + f"INSERT INTO billing_projects SELECT n, {_company_of('n')}, 'Project ' || n FROM seq"
         )
-        r = _mix(seed, 1)
+        team = f"1 + {_mix(seed, 1)} % {TEAMS}"
         con.execute(
             _numbers(rows) + "INSERT INTO worklogs SELECT n, "
-            f"1 + {r} % {COMPANIES}, 1 + {r} % {TEAMS}, "
+            f"{_company_of(team)}, {team}, "
             f"CASE {_mix(seed, 2)} % 3 WHEN 0 THEN 'Company Main' WHEN 1 THEN 'Company Support' "
             "ELSE 'Company Ops' END, "
             f"{_email(_mix(seed, 3))}, 'PRJ-' || (1 + {_mix(seed, 4)} % 5000), "
@@ -125,11 +179,10 @@ def fill(con_path: Path, rows: int, seed: int) -> None:
             f"60 * (1 + {_mix(seed, 6)} % 480), 'worked on ticket ' || n FROM seq"
         )
         side = max(1000, rows // 4)
+        project, email, issue_type = _billing_rate_triples(side, seed)
         con.execute(
-            _numbers(side) + "INSERT INTO billing_rates SELECT n, "
-            f"1 + {_mix(seed, 7)} % {PROJECTS}, {_email(_mix(seed, 8))}, "
-            f"CASE {_mix(seed, 9)} % 5 WHEN 0 THEN 'Bug' WHEN 1 THEN 'Story' WHEN 2 THEN 'Task' "
-            f"WHEN 3 THEN 'Epic' ELSE 'Spike' END, 1000 + {_mix(seed, 10)} % 20000 FROM seq"
+            _numbers(side) + f"INSERT INTO billing_rates SELECT n, {project}, {email}, {issue_type}, "
+            f"1000 + {_mix(seed, 10)} % 20000 FROM seq"
         )
         con.execute(
             _numbers(side) + "INSERT INTO factorial_leaves SELECT n, "
@@ -142,7 +195,7 @@ def fill(con_path: Path, rows: int, seed: int) -> None:
         )
         con.execute(
             _numbers(max(100, rows // 20)) + "INSERT INTO invoices SELECT n, "
-            f"1 + n % {COMPANIES}, 1 + n % {PROJECTS}, "
+            f"{_company_of(f'1 + n % {PROJECTS}')}, 1 + n % {PROJECTS}, "
             f"strftime('%Y-%m', date('2024-01-01', '+' || (n % 24) || ' months')), "
             f"{_mix(seed, 16)} % 10000000 FROM seq"
         )
