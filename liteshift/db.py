@@ -156,6 +156,19 @@ def page_bytes(con: sqlite3.Connection) -> int:
     return int(count) * int(size)
 
 
+def table_bytes(con: sqlite3.Connection, table: str) -> int:
+    """Bytes of a table's pages and its indexes' (dbstat); the whole file when dbstat is missing."""
+    names = [table] + [r[1] for r in con.execute(f"PRAGMA index_list({quote_ident(table)})")]
+    try:
+        marks = ", ".join("?" for _ in names)
+        row = con.execute(
+            f"SELECT sum(pgsize) FROM dbstat WHERE aggregate = TRUE AND name IN ({marks})", names
+        ).fetchone()
+        return int(row[0] or 0)
+    except sqlite3.OperationalError:  # no dbstat in this build: count the whole file
+        return page_bytes(con)
+
+
 def backup_pages(
     src: sqlite3.Connection, dst: sqlite3.Connection, during: Callable[[], None] | None = None
 ) -> None:
