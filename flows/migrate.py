@@ -23,8 +23,18 @@ from liteshift.flows.approval import ask_approval
 from liteshift.flows.concurrency import one_run_per_database
 from liteshift.flows.rollback import rollback_migration
 from liteshift.flows.runtime import is_deployment_run
-from liteshift.flows.steps import backup, dry_run, integrity, migrate, query_plans, validate, verify
+from liteshift.flows.steps import (
+    backup,
+    dry_run,
+    integrity,
+    migrate,
+    query_plans,
+    rebuild_copy,
+    validate,
+    verify,
+)
 from liteshift.flows.ui import progress, publish_report, tag_run
+from liteshift.rebuild import finish_leftovers, merge_copy_stats
 from liteshift.report import RunReport, render_markdown
 from liteshift.tasks.backup import Backup
 from liteshift.tasks.dry_run import render_plan
@@ -69,6 +79,7 @@ def migrate_database(
     bench_min_runs: int | None = None,
     bench_max_runs: int | None = None,
     bench_budget_s: float | None = None,
+    rebuild_mode: str | None = None,
     maintenance_window: str | None = None,
     require_approval: bool | None = None,
     approval_timeout_s: int | None = None,
@@ -111,6 +122,7 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
     if not v.pending:
         report.status = "nothing-to-do"
         report.warnings += lock.clear_dead_run(cfg.database, cfg.busy_timeout_ms)
+        report.warnings += finish_leftovers(str(cfg.database), cfg.busy_timeout_ms)
         get_run_logger().info("Nothing to migrate in %s: %s applied", cfg.database, len(v.applied))
         return
     _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
@@ -155,6 +167,18 @@ def _locked_pipeline(cfg: RunConfig, report: RunReport, v: Validation) -> None:
 
 def _after_backup(cfg: RunConfig, report: RunReport, v: Validation, b: Backup) -> None:
     fid = report.flow_run_id
+    copied = []
+    if v.rebuilds:
+        copied = _step(
+            report,
+            "rebuild-copy",
+            lambda: _retrying(rebuild_copy, cfg)(cfg, progress(cfg.database, "rebuild-copy")),
+            lambda c: (
+                f"{sum(s.rows for s in c):,} rows copied online in {sum(s.batches for s in c)} batches"
+                if c
+                else "every rebuild is small enough to run inside the migration's transaction"
+            ),
+        )
     on_progress = progress(cfg.database, "migrate")
     a = _step(
         report,
@@ -165,6 +189,7 @@ def _after_backup(cfg: RunConfig, report: RunReport, v: Validation, b: Backup) -
     report.applied, report.lock_seconds = a.applied, a.lock_seconds
     report.lock_wait_seconds, report.checkpoint_seconds = a.lock_wait_seconds, a.checkpoint_seconds
     report.seconds_to_lock = a.locked_at - report.t0
+    report.rebuilds = merge_copy_stats(copied, a.rebuilds)
     report.indexes = _step(
         report,
         "verify-indexes",

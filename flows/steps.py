@@ -18,7 +18,7 @@ from liteshift.db import is_locked_error
 from liteshift.tasks.backup import backup_database
 from liteshift.tasks.dry_run import dry_run_or_refuse
 from liteshift.tasks.integrity import check_integrity
-from liteshift.tasks.migrate import apply_migrations
+from liteshift.tasks.migrate import apply_migrations, copy_rebuilds
 from liteshift.tasks.query_plan import check_query_plans
 from liteshift.tasks.rollback import rollback_database
 from liteshift.tasks.validate import validate_database
@@ -48,6 +48,7 @@ def step_task(fn: Callable[P, R], name: str, retry: bool = True) -> Task[P, R]:
 validate = step_task(validate_database, "validate")
 dry_run = step_task(dry_run_or_refuse, "dry-run", retry=False)
 backup = step_task(backup_database, "backup")
+rebuild_copy = step_task(copy_rebuilds, "rebuild-copy")
 migrate = step_task(apply_migrations, "migrate")
 verify = step_task(verify_indexes, "verify-indexes")
 integrity = step_task(check_integrity, "integrity")

@@ -130,9 +130,10 @@ def _migrate(cfg: RunConfig, as_json: bool) -> int:
 
 
 def _print_nothing_to_do(status: Status, cfg: RunConfig, as_json: bool) -> None:
-    from liteshift import lock
+    from liteshift import lock, rebuild
 
     warnings = lock.clear_dead_run(cfg.database, cfg.busy_timeout_ms)
+    warnings += rebuild.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms)
     if as_json:
         print(json.dumps({**status.summary(), "status": "nothing-to-do", "warnings": warnings}))
         return

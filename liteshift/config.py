@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from liteshift.errors import BadInput
+from liteshift.rebuild import ONLINE_MIN_ROWS
 from liteshift.window import parse_window
 
 MIGRATIONS_ENV = "LITESHIFT_MIGRATIONS_DIR"
@@ -61,6 +62,11 @@ class RunConfig(BaseModel):
         ge=0,
         description="Most seconds spent timing each declared query once min runs are done (before on "
         "the backup and after on the database, interleaved); it stops sooner once both medians settle.",
+    )
+    rebuild_mode: Literal["auto", "online", "blocking"] = Field(
+        "auto",
+        description="Table rebuilds: online (shadow table, batched copy, short cut-over), blocking "
+        f"(one transaction), or auto: online from {ONLINE_MIN_ROWS:,} rows when each row keeps its key.",
     )
     maintenance_window: str | None = Field(
         None,

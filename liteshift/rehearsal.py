@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from liteshift.errors import BadInput
+from liteshift import rebuild
+from liteshift.errors import BadInput, MigrationError
 from liteshift.indexes import IndexDef, index_definition
-from liteshift.migrations import Migration
+from liteshift.migrations import Migration, Rebuild, Step, dropped_index_names
 from liteshift.sql import failure_detail, quote_ident
 
 INDEX_ONLY_RE = re.compile(r"^(CREATE\s+(UNIQUE\s+)?INDEX|DROP\s+INDEX|ANALYZE|REINDEX)\b", re.I)
@@ -32,6 +33,7 @@ class Rehearsal:
     touched_tables: tuple[str, ...]
     index_only: bool
     downs_checked: bool = False  # every migration has a down and it undoes its up
+    carried: dict[str, IndexDef] = field(default_factory=dict)  # indexes a rebuild puts back
 
 
 def schema_copy(con: sqlite3.Connection) -> sqlite3.Connection:
@@ -62,7 +64,10 @@ def schema_shape(mem: sqlite3.Connection) -> Shape:
     for name, kind, table, sql in _rows(mem).values():
         if name.startswith(("sqlite_", "liteshift_")):
             continue
-        definition = index_definition(mem, name) if kind == "index" else " ".join((sql or "").split())
+        text = sql or ""
+        if kind == "table":  # a rebuilt table's text says CREATE TABLE "name": compare the body
+            text = text[text.find("(") :]
+        definition = index_definition(mem, name) if kind == "index" else " ".join(text.split())
         shape[name] = (kind, table, definition)
     return shape
 
@@ -72,39 +77,70 @@ def rehearse(con: sqlite3.Connection, migrations: list[Migration]) -> Rehearsal:
     mem = schema_copy(con)
     try:
         before = _rows(mem)
-        for name in (n for m in migrations for n in m.created_index_names()):
+        replaced = dropped_index_names(migrations)
+        for name in (n for m in migrations for n in m.created_index_names() if n not in replaced):
             # Rehearse without an index of the same name so the declared form is what we read.
             mem.execute(f"DROP INDEX IF EXISTS {quote_ident(name)}")
         baseline = schema_shape(mem)
         created: dict[str, IndexDef] = {}
+        carried: dict[str, IndexDef] = {}
+        saved: dict[str, list[tuple[str, str]]] = {}
         for mig in migrations:
-            for stmt in mig.up:
+            saved[mig.version] = [
+                (r.table, _table_sql(mem, r.table)) for r in mig.rebuilds if _table_sql(mem, r.table)
+            ]
+            for stmt in mig.steps:
                 _run(mem, stmt, mig, "up")
             created.update(
                 (name, d) for name in mig.created_index_names() if (d := index_definition(mem, name))
             )
+            for r in mig.rebuilds:
+                for name, _ in rebuild.read_table(mem, r.table).indexes:
+                    if name not in created and (d := index_definition(mem, name)):
+                        carried[name] = d
         after = _rows(mem)
-        downs_checked = bool(migrations) and all(m.down for m in migrations)
+        downs_checked = bool(migrations) and all(m.has_down for m in migrations)
         if downs_checked:
-            _rehearse_downs(mem, migrations, baseline)
+            _rehearse_downs(mem, migrations, baseline, saved)
     finally:
         mem.close()
     changed = {k for k in after if before.get(k) != after[k]} | {k for k in before if k not in after}
     touched = sorted({(after.get(k) or before[k])[2] for k in changed} | {d.table for d in created.values()})
-    statements = [s for m in migrations for s in m.up]
     return Rehearsal(
         indexes=created,
         touched_tables=tuple(t for t in touched if not t.startswith(("sqlite_", "liteshift_"))),
-        index_only=all(INDEX_ONLY_RE.match(s) for s in statements),
+        index_only=index_only(migrations),
         downs_checked=downs_checked,
+        carried={k: v for k, v in carried.items() if k not in created},
     )
 
 
-def _rehearse_downs(mem: sqlite3.Connection, migrations: list[Migration], baseline: Shape) -> None:
+def index_only(migrations: list[Migration]) -> bool:
+    """True when the migrations only create, drop or analyze indexes: no row can change."""
+    steps = [s for m in migrations for s in m.steps]
+    return all(isinstance(s, str) and INDEX_ONLY_RE.match(s) for s in steps)
+
+
+def _table_sql(mem: sqlite3.Connection, table: str) -> str:
+    row = mem.execute(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE", (table,)
+    )
+    found = row.fetchone()
+    return str(found[0]) if found else ""
+
+
+def _rehearse_downs(
+    mem: sqlite3.Connection,
+    migrations: list[Migration],
+    baseline: Shape,
+    saved: dict[str, list[tuple[str, str]]],
+) -> None:
     """Run every down newest first, as a rollback would, and compare with the schema before."""
     for mig in reversed(migrations):
         for stmt in mig.down:
             _run(mem, stmt, mig, "down")
+        for table, sql in reversed(saved[mig.version]):
+            _run(mem, Rebuild(table, sql), mig, "down")
     now = schema_shape(mem)
     differences = sorted(
         f"{(baseline.get(name) or now[name])[0]} {name} "
@@ -121,18 +157,39 @@ def _rehearse_downs(mem: sqlite3.Connection, migrations: list[Migration], baseli
         )
 
 
-def _run(mem: sqlite3.Connection, stmt: str, mig: Migration, section: str) -> None:
+def _run(mem: sqlite3.Connection, stmt: Step, mig: Migration, section: str) -> None:
     try:
-        mem.execute(stmt)
-    except sqlite3.Error as exc:
+        if isinstance(stmt, Rebuild):
+            _rebuild(mem, stmt)
+        else:
+            mem.execute(stmt)
+    except (sqlite3.Error, MigrationError) as exc:
+        if isinstance(stmt, Rebuild):
+            detail = (
+                f"rebuild of {stmt.table}: {exc.why or exc.what if isinstance(exc, MigrationError) else exc}"
+            )
+            stmt = f"-- migrate:rebuild {stmt.table}"
+        else:
+            detail = failure_detail(exc, stmt)
         if section == "up":
             raise BadInput(
                 f"Migration {mig.path.name} fails on this database's schema",
-                failure_detail(exc, stmt),
+                detail,
                 "fix the migration (or the --database path); nothing was written",
             ) from exc
         raise NotReversible(
             f"The down of {mig.path.name} fails after its up",
-            f"on a copy of the schema: {failure_detail(exc, stmt)}",
+            f"on a copy of the schema: {detail}",
             "fix the down section (a rollback would stop there); nothing was written",
         ) from exc
+
+
+def _rebuild(mem: sqlite3.Connection, spec: Rebuild) -> None:
+    """A blocking rebuild on the empty copy, in a transaction as it runs for real."""
+    mem.execute("BEGIN")
+    try:
+        rebuild.rebuild_blocking(mem, spec)
+        mem.execute("COMMIT")
+    except BaseException:
+        mem.execute("ROLLBACK")
+        raise

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from liteshift.rebuild import RebuildStats
 from liteshift.tasks.backup import Backup
 from liteshift.tasks.integrity import Integrity
 from liteshift.tasks.query_plan import QueryResult, Timing
@@ -73,6 +74,7 @@ class RunReport:
     index_bytes: dict[str, int] = field(default_factory=dict)
     integrity: Integrity | None = None
     queries: list[QueryResult] = field(default_factory=list)
+    rebuilds: list[RebuildStats] = field(default_factory=list)
     rollback: Rollback | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -207,6 +209,22 @@ def _migration_section(r: RunReport) -> list[str]:
     if r.checkpoint_seconds is not None:
         lines.append(
             f"- WAL checkpoint after the commit: {r.checkpoint_seconds:.3f} s (writers are not blocked)"
+        )
+    if r.rebuilds:
+        lines += [
+            "",
+            "| Rebuilt table | Mode | Rows copied | Batches | Copy s | Backlog at cut-over | Cut-over s "
+            "| Longest write transaction s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {b.table} | {b.mode} | {b.rows:,} | {b.batches} | {b.copy_seconds:.3f} "
+            f"| {b.backlog_at_cutover} | {b.cutover_seconds:.3f} | {b.longest_txn_seconds:.3f} |"
+            for b in r.rebuilds
+        ]
+        lines.append(
+            "Cut-over: the part of the migration's write lock spent draining the backlog and swapping "
+            "the tables. Blocking rebuilds copy inside the lock; online ones in short transactions before it."
         )
     return lines
 

@@ -59,6 +59,10 @@ class TrackingRow:
             return data.get("after")
         return None
 
+    def rebuilt(self) -> list[tuple[str, str]]:
+        """(table, definition before) of each table the migration rebuilt, in order: its derived down."""
+        return [(t, sql) for t, sql in json.loads(self.fingerprint or "{}").get("rebuilt", [])]
+
 
 def _exists(con: sqlite3.Connection, name: str) -> bool:
     return (

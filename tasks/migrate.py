@@ -1,4 +1,9 @@
-"""Step 3, migrate: every pending up and its tracking row in one BEGIN IMMEDIATE transaction."""
+"""Step 3, migrate: every pending up and its tracking row in one BEGIN IMMEDIATE transaction.
+
+A table rebuild chosen to run online is copied first, in short transactions of its own
+(`copy_rebuilds`, shown as its own step); the one transaction then only drains what the
+application changed meanwhile and swaps the tables (liteshift.rebuild).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from liteshift import faults, tracking
+from liteshift import faults, rebuild, rehearsal, tracking
 from liteshift.config import RunConfig
 from liteshift.db import begin_immediate, connection, fingerprint
 from liteshift.errors import CheckFailed
-from liteshift.migrations import Migration, load_migrations
-from liteshift.rehearsal import INDEX_ONLY_RE
+from liteshift.migrations import Migration, Rebuild, load_migrations
 from liteshift.sql import failure_detail
 from liteshift.tracking import TRACKING_TABLE, Fingerprint
 
@@ -31,6 +35,53 @@ class Applied:
     statement_seconds: dict[str, float] = field(default_factory=dict)
     checkpoint_seconds: float = 0.0
     locked_at: float = 0.0  # time.perf_counter() when the write lock was taken
+    rebuilds: list[rebuild.RebuildStats] = field(default_factory=list)
+    old_rows_freed: int = 0
+
+
+def _online_rebuilds(
+    con: sqlite3.Connection, cfg: RunConfig, todo: list[Migration]
+) -> list[tuple[str, Rebuild]]:
+    """(version, rebuild) of the pending rebuilds that run online, by size or as asked."""
+    specs = [(m.version, r) for m in todo for r in m.rebuilds]
+    tables = [r.table.lower() for _, r in specs]
+    return [
+        (version, r)
+        for version, r in specs
+        if tables.count(r.table.lower()) == 1  # a table rebuilt twice in one run: blocking
+        and _exists(con, r.table)
+        and rebuild.choose_mode(con, r, cfg.rebuild_mode) == "online"
+    ]
+
+
+def _exists(con: sqlite3.Connection, table: str) -> bool:
+    sql = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE"
+    return con.execute(sql, (table,)).fetchone() is not None
+
+
+def copy_rebuilds(
+    cfg: RunConfig, on_progress: Callable[[float], None] | None = None
+) -> list[rebuild.RebuildStats]:
+    """Fill the shadow tables of the online rebuilds, in short throttled transactions.
+
+    Safe to repeat: a copy killed half way resumes where it stopped. Writes no user row.
+    """
+    todo = tracking.pending(load_migrations(cfg.migrations_dir), _applied(cfg))
+    stats = []
+    with connection(cfg.database, cfg.busy_timeout_ms) as con, rebuild.foreign_keys_off(con):
+        online = _online_rebuilds(con, cfg, todo)
+        keep = frozenset(f"{v}:{rebuild.names(r.table)['id']}" for v, r in online)
+        rebuild.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms, keep)
+        for i, (version, spec) in enumerate(online):
+            state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
+            part = (lambda f, i=i: on_progress((i + f) / len(online))) if on_progress else None
+            stats.append(rebuild.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms, None, part))
+    return stats
+
+
+def _applied(cfg: RunConfig) -> dict[str, tracking.TrackingRow]:
+    with connection(cfg.database, cfg.busy_timeout_ms) as con:
+        return tracking.read_tracking(con)
 
 
 def apply_migrations(
@@ -43,7 +94,16 @@ def apply_migrations(
     """Apply the pending migrations atomically; nothing but the migration runs inside the lock."""
     migrations = load_migrations(cfg.migrations_dir)
     batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    with connection(cfg.database, cfg.busy_timeout_ms) as con:
+    with connection(cfg.database, cfg.busy_timeout_ms) as con, rebuild.foreign_keys_off(con):
+        # Online rebuilds: the copy (done already when the flow ran copy_rebuilds) and the
+        # reconcile down to a small backlog, outside the migration's transaction.
+        online: dict[tuple[str, str], rebuild.Online] = {}
+        for version, spec in _online_rebuilds(
+            con, cfg, tracking.pending(migrations, tracking.read_tracking(con))
+        ):
+            state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
+            rebuild.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms)
+            online[(version, spec.table.lower())] = state
         # COMMIT would otherwise also copy the new pages from the -wal into the file: that runs
         # after the write lock is released, so it is done and timed apart, not counted as lock.
         con.execute("PRAGMA wal_autocheckpoint = 0")
@@ -55,16 +115,23 @@ def apply_migrations(
             applied = tracking.read_tracking(con)
             tracking.check_drift(migrations, applied)
             todo = tracking.pending(migrations, applied)  # re-read under the lock: no double apply
-            index_only = all(INDEX_ONLY_RE.match(s) for m in todo for s in m.up)
+            index_only = rehearsal.index_only(todo)
             # A migration that writes rows needs the counts before and after to prove, later, that
             # a restore would lose nothing; an index-only one changes no row, so the backup's own
             # fingerprint is that proof, at no cost inside the lock.
-            before = fingerprint(con) if todo and backup_fingerprint and not index_only else None
+            # An online copy ran beside the application's writes: a restore could lose some, so no
+            # proof is recorded (the rollback runs the derived down instead).
+            proof_possible = backup_fingerprint is not None and not online
+            before = fingerprint(con) if todo and proof_possible and not index_only else None
             tracking.ensure_current(con)
             changes = con.total_changes
-            timings = _apply(con, todo, batch, backup_path, flow_run_id, on_progress)
+            rebuilt = {m.version: _definitions(con, m) for m in todo}
+            stats: list[rebuild.RebuildStats] = []
+            timings = _apply(con, todo, batch, backup_path, flow_run_id, on_progress, online, stats)
             rows_changed = con.total_changes - changes - len(todo)
-            _record_restore_proof(con, todo, backup_fingerprint, before, index_only)
+            _record_restore_proof(
+                con, todo, backup_fingerprint if proof_possible else None, before, index_only, rebuilt
+            )
             faults.point("migrate-before-commit")
             con.execute("COMMIT")
         except BaseException:
@@ -72,14 +139,30 @@ def apply_migrations(
                 con.execute("ROLLBACK")
             raise
         lock_seconds = time.perf_counter() - locked_at
+        con.execute("PRAGMA wal_autocheckpoint = 1000")
         checkpoint_start = time.perf_counter()
         con.execute("PRAGMA wal_checkpoint(PASSIVE)")
         checkpoint_seconds = time.perf_counter() - checkpoint_start
-    faults.point("migrate-after-commit")
+        faults.point("migrate-after-commit")
+        freed = rebuild.drop_old_tables(con, str(cfg.database), cfg.busy_timeout_ms)
     labels = [m.label for m in todo]
     return Applied(
-        labels, batch, lock_seconds, locked_at - waited, rows_changed, timings, checkpoint_seconds, locked_at
+        labels,
+        batch,
+        lock_seconds,
+        locked_at - waited,
+        rows_changed,
+        timings,
+        checkpoint_seconds,
+        locked_at,
+        stats,
+        freed,
     )
+
+
+def _definitions(con: sqlite3.Connection, m: Migration) -> list[tuple[str, str]]:
+    """The definitions of the tables a migration rebuilds, before it runs: its derived down."""
+    return [(r.table, rebuild.read_table(con, r.table).sql) for r in m.rebuilds if _exists(con, r.table)]
 
 
 def _apply(
@@ -89,13 +172,20 @@ def _apply(
     backup_path: str | None,
     flow_run_id: str | None,
     on_progress: Callable[[float], None] | None,
+    online: dict[tuple[str, str], rebuild.Online],
+    stats: list[rebuild.RebuildStats],
 ) -> dict[str, float]:
     timings = {}
-    total = max(1, sum(len(m.up) for m in todo))
+    total = max(1, sum(len(m.steps) for m in todo))
     done = 0
     for m in todo:
         start = time.perf_counter()
-        for stmt in m.up:
+        for stmt in m.steps:
+            if isinstance(stmt, Rebuild):
+                state = online.get((m.version, stmt.table.lower()))
+                stats.append(rebuild.cut_over(con, state) if state else rebuild.rebuild_blocking(con, stmt))
+                done += 1
+                continue
             try:
                 con.execute(stmt)
             except sqlite3.Error as exc:
@@ -134,6 +224,7 @@ def _record_restore_proof(
     backup_fingerprint: Fingerprint | None,
     before: Fingerprint | None,
     index_only: bool,
+    rebuilt: dict[str, list[tuple[str, str]]],
 ) -> None:
     """Record the fingerprint the database must keep for a restore of the backup to lose nothing.
 
@@ -147,8 +238,10 @@ def _record_restore_proof(
         proof = backup_fingerprint
     else:
         proof = fingerprint(con) if before == backup_fingerprint else None
-    versions = [m.version for m in todo]
-    con.execute(
-        f"UPDATE {TRACKING_TABLE} SET fingerprint = ? WHERE version IN ({', '.join('?' * len(versions))})",
-        (json.dumps({"restore_if": proof}), *versions),
-    )
+    for m in todo:
+        record: dict[str, object] = {"restore_if": proof}
+        if rebuilt.get(m.version):
+            record["rebuilt"] = rebuilt[m.version]
+        con.execute(
+            f"UPDATE {TRACKING_TABLE} SET fingerprint = ? WHERE version = ?", (json.dumps(record), m.version)
+        )

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from liteshift import faults
+from liteshift import faults, rebuild
 from liteshift.db import backup_pages, begin_immediate, connection, fingerprint, pragma_check
-from liteshift.errors import CheckFailed, RollbackRefused
-from liteshift.migrations import Migration, load_migrations
+from liteshift.errors import CheckFailed, MigrationError, RollbackRefused
+from liteshift.migrations import Migration, Rebuild, load_migrations
 from liteshift.sql import failure_detail
 from liteshift.tasks.backup import PARTIAL_SUFFIX
 from liteshift.tracking import TRACKING_TABLE, TrackingRow, read_tracking
@@ -39,7 +39,7 @@ def rollback_database(
 ) -> Rollback:
     """Undo the given versions (default: the last applied batch), then verify the result."""
     migrations = {m.version: m for m in load_migrations(migrations_dir)}
-    with connection(database, busy_timeout_ms) as con:
+    with connection(database, busy_timeout_ms) as con, rebuild.foreign_keys_off(con):
         if not _targets(con, versions):  # a read: no write lock needed to know there is nothing
             return Rollback("nothing", [], "the migration never committed: nothing to undo")
         begin_immediate(con, database, busy_timeout_ms)
@@ -57,9 +57,9 @@ def rollback_database(
             )
         todo = [migrations[r.version] for r in rows]
         faults.point("rollback-start")
-        if all(m.down for m in todo):
+        if all(m.has_down for m in todo):
             try:
-                _run_downs(con, todo)
+                _run_downs(con, todo, {r.version: r for r in rows})
             except DownFailed as exc:
                 result = _restore_after(exc, database, rows, backup_path, busy_timeout_ms)
             else:
@@ -85,8 +85,12 @@ def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[Tracki
     return sorted((applied[v] for v in versions if v in applied), key=lambda a: a.version, reverse=True)
 
 
-def _run_downs(con: sqlite3.Connection, todo: list[Migration]) -> None:
-    """Every down, newest first, and the tracking rows' removal, in the one open transaction."""
+def _run_downs(con: sqlite3.Connection, todo: list[Migration], rows: dict[str, TrackingRow]) -> None:
+    """Every down, newest first, and the tracking rows' removal, in the one open transaction.
+
+    A migration's down is its down section, then its rebuilds undone newest first: each table
+    rebuilt back to the definition saved when the migration ran (foreign_keys is off).
+    """
     try:
         for m in todo:
             for stmt in m.down:
@@ -99,12 +103,42 @@ def _run_downs(con: sqlite3.Connection, todo: list[Migration]) -> None:
                         "the database is left as the migration made it (nothing was undone); "
                         "fix the down section and run 'liteshift rollback' again",
                     ) from exc
+            for table, sql in reversed(rows[m.version].rebuilt()):
+                _rebuild_back(con, m, table, sql)
             con.execute(f"DELETE FROM {TRACKING_TABLE} WHERE version = ?", (m.version,))
         con.execute("COMMIT")
     except BaseException:
         if con.in_transaction:
             con.execute("ROLLBACK")
         raise
+
+
+def _rebuild_back(con: sqlite3.Connection, m: Migration, table: str, sql: str) -> None:
+    """Rebuild a table back to its saved definition; refuse when that cannot give back every value."""
+    back = Rebuild(table, sql)
+    try:
+        current = rebuild.read_table(con, table)
+        lost = [
+            c
+            for c in rebuild.plan_copy(rebuild.read_table(con, table), back).target.stored
+            if c.lower() not in {x.lower() for x in current.columns}
+        ]
+        if lost:
+            raise DownFailed(
+                f"The rebuild of {table} in {m.path.name} cannot be undone by a rebuild",
+                f"it dropped column(s) {', '.join(lost)}, whose values only the backup still has",
+                "restore the backup (liteshift does when nothing was written since), or keep the "
+                "database as it is",
+            )
+        rebuild.rebuild_blocking(con, back)
+    except MigrationError as exc:
+        if isinstance(exc, DownFailed):
+            raise
+        raise DownFailed(
+            f"The down of {m.path.name} failed",
+            f"rebuilding {table} back to its saved definition: {exc.why or exc.what}",
+            "the database is left as the migration made it (nothing was undone)",
+        ) from exc
 
 
 def _restore_after(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from liteshift import faults, tracking
 from liteshift.config import RunConfig
+from liteshift.constraints import find_violations
 from liteshift.db import (
     CORRUPT_HINT,
     begin_immediate,
@@ -21,10 +22,12 @@ from liteshift.db import (
     journal_mode,
     page_bytes,
     pragma_check,
+    table_bytes,
 )
 from liteshift.errors import BadInput
 from liteshift.indexes import IndexDef, index_definition
-from liteshift.migrations import Migration, Query, load_migrations
+from liteshift.migrations import Migration, Query, dropped_index_names, load_migrations
+from liteshift.rebuild import plan_copy, read_table
 from liteshift.rehearsal import Rehearsal, rehearse
 from liteshift.tracking import TrackingRow
 
@@ -47,6 +50,7 @@ class Validation:
     check: str
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    rebuilds: list[str] = field(default_factory=list)  # tables the pending migrations rebuild
 
 
 def validate_database(cfg: RunConfig) -> Validation:
@@ -67,12 +71,14 @@ def validate_database(cfg: RunConfig) -> Validation:
         size = page_bytes(con)
         rehearsal = rehearse(con, todo) if todo else Rehearsal({}, (), True)
         existing: list[str] = []
+        rebuild_bytes = 0
         if todo:
-            existing = _same_name_indexes(con, rehearsal)
+            existing = _same_name_indexes(con, rehearsal, dropped_index_names(todo))
             _declared_queries_compile(con, todo)
+            rebuild_bytes = _rebuild_checks(con, todo, cfg.rebuild_mode)
             begin_immediate(con, db, cfg.busy_timeout_ms)  # can we get the write lock at all?
             con.execute("ROLLBACK")
-    free, required = _disk_space(cfg, size) if todo else (0, 0)
+    free, required = _disk_space(cfg, size, rebuild_bytes) if todo else (0, 0)
     faults.point("validate-end")
     warnings = (
         []
@@ -90,8 +96,9 @@ def validate_database(cfg: RunConfig) -> Validation:
         applied=sorted(applied),
         pending=[m.label for m in todo],
         queries=[q for m in todo for q in m.queries],
+        rebuilds=[r.table for m in todo for r in m.rebuilds],
         touched_tables=list(rehearsal.touched_tables),
-        indexes=rehearsal.indexes,
+        indexes=rehearsal.indexes | rehearsal.carried,
         index_only=rehearsal.index_only,
         free_bytes=free,
         required_bytes=required,
@@ -153,10 +160,15 @@ def _foreign_keys(con: sqlite3.Connection, db: Path) -> None:
         )
 
 
-def _same_name_indexes(con: sqlite3.Connection, rehearsal: Rehearsal) -> list[str]:
-    """Refuse an older index of the same name (IF NOT EXISTS would keep it); list identical ones."""
+def _same_name_indexes(con: sqlite3.Connection, rehearsal: Rehearsal, replaced: set[str]) -> list[str]:
+    """Refuse an older index of the same name (IF NOT EXISTS would keep it); list identical ones.
+
+    An index the migrations drop before creating it again is theirs to replace.
+    """
     identical = []
     for name, declared in rehearsal.indexes.items():
+        if name in replaced:
+            continue
         live = index_definition(con, name)
         if live is not None and live != declared:
             raise BadInput(
@@ -182,8 +194,43 @@ def _declared_queries_compile(con: sqlite3.Connection, todo: list[Migration]) ->
                 ) from exc
 
 
-def _disk_space(cfg: RunConfig, size: int) -> tuple[int, int]:
-    """Free bytes where the backup goes and the bytes this run needs (disk_factor x size)."""
+def _rebuild_checks(con: sqlite3.Connection, todo: list[Migration], mode: str) -> int:
+    """Refuse rows that break a rebuild's new constraints; return the bytes the rebuilds copy."""
+    copied = 0
+    for m in todo:
+        for r in m.rebuilds:
+            if not _table_exists(con, r.table):
+                continue  # created by an earlier statement of the same migration: no rows yet
+            if mode == "online" and plan_copy(read_table(con, r.table), r).shadow_key is None:
+                raise BadInput(
+                    f"{m.path.name}: the rebuild of {r.table} cannot run online",
+                    "the new definition does not keep each row's key (rowid or primary key), so the "
+                    "rows the application changes during the copy could not be matched",
+                    "run with --rebuild-mode blocking (or auto); nothing was written",
+                )
+            found = find_violations(con, r.table, r.create_sql, r.expressions)
+            if found:
+                raise BadInput(
+                    f"{m.path.name}: rows of {r.table} break the new definition",
+                    "; ".join(v.message() for v in found),
+                    "fix those rows, or give the column an expression under '-- migrate:columns', "
+                    "then run again; nothing was written",
+                )
+            copied += table_bytes(con, r.table)
+    return copied
+
+
+def _table_exists(con: sqlite3.Connection, table: str) -> bool:
+    sql = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE"
+    return con.execute(sql, (table,)).fetchone() is not None
+
+
+def _disk_space(cfg: RunConfig, size: int, rebuild_bytes: int = 0) -> tuple[int, int]:
+    """Free bytes where the backup goes and the bytes this run needs.
+
+    disk_factor x the size for the backup and growth, plus twice each rebuilt table with its
+    indexes: the new copy in the file and the same pages passing through the -wal.
+    """
     backup_dir = cfg.backup_directory
     if not backup_dir.is_dir():
         raise BadInput(
@@ -197,7 +244,7 @@ def _disk_space(cfg: RunConfig, size: int) -> tuple[int, int]:
             "the backup is written there before anything changes",
             "fix its permissions or pass another --backup-dir",
         )
-    required = int(size * cfg.disk_factor)
+    required = int(size * cfg.disk_factor) + 2 * rebuild_bytes
     backup_free = shutil.disk_usage(backup_dir).free
     db_free = shutil.disk_usage(cfg.database.parent).free
     same_fs = os.stat(backup_dir).st_dev == os.stat(cfg.database.parent).st_dev
@@ -209,7 +256,8 @@ def _disk_space(cfg: RunConfig, size: int) -> tuple[int, int]:
             raise BadInput(
                 f"Not enough disk space in {where}",
                 f"{free / 1e6:.1f} MB free, {need / 1e6:.1f} MB needed "
-                f"({cfg.disk_factor:g} x the {size / 1e6:.1f} MB database for backup and growth)",
+                f"({cfg.disk_factor:g} x the {size / 1e6:.1f} MB database for backup and growth"
+                + (f", 2 x {rebuild_bytes / 1e6:.1f} MB for the rebuilt tables)" if rebuild_bytes else ")"),
                 "free some space, pass another --backup-dir, or lower --disk-factor",
             )
     return min(backup_free, db_free), required
