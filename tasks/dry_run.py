@@ -58,6 +58,7 @@ class DryRun:
     queries: list[QueryChange] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    rebuilds: list[str] = field(default_factory=list)
 
     @property
     def growth_pct(self) -> float | None:
@@ -72,6 +73,7 @@ class DryRun:
             "database": self.database,
             "pending": self.pending,
             "statements": self.statements,
+            "rebuilds": self.rebuilds,
             "indexes": self.indexes,
             "copy_seconds": round(self.copy_seconds, 4),
             "lock_seconds": None if self.lock_seconds is None else round(self.lock_seconds, 4),
@@ -111,7 +113,12 @@ def dry_run(cfg: RunConfig) -> DryRun:
     if not v.pending:
         return result
     todo = [m for m in load_migrations(cfg.migrations_dir) if m.label in v.pending]
-    result.statements = {m.label: list(m.up) for m in todo}
+    result.statements = {
+        m.label: [
+            s if isinstance(s, str) else f"-- migrate:rebuild {s.table}\n{s.create_sql}" for s in m.steps
+        ]
+        for m in todo
+    }
     result.indexes = {name: d.describe() for name, d in v.indexes.items()}
     queries = [q for m in todo for q in m.queries]
     before = _plans(cfg.database, queries)
@@ -124,6 +131,10 @@ def dry_run(cfg: RunConfig) -> DryRun:
             result.error = exc.one_line()
             return result
         result.lock_seconds = applied.lock_seconds
+        result.rebuilds = [
+            f"{r.table} ({r.mode}): {r.rows:,} rows copied, cut-over {r.cutover_seconds:.3f} s"
+            for r in applied.rebuilds
+        ]
         after = _plans(copy, queries)
         result.size_after, result.index_bytes = measure_sizes(copy, list(v.indexes))
     result.queries = [
@@ -168,6 +179,7 @@ def render_plan(d: DryRun) -> str:
         + (f" ({d.index_bytes[n] / 1e6:.2f} MB)" if n in d.index_bytes else "")
         for n, desc in d.indexes.items()
     ]
+    lines += [f"- **Rebuilds** {r} on the copy" for r in d.rebuilds]
     lines += [f"- ⚠️ {w}" for w in d.warnings]
     for label, stmts in d.statements.items():
         lines += ["", f"## {label}", "", "```sql", *[s + ";" for s in stmts], "```"]

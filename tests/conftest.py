@@ -16,6 +16,12 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
+from helpers import PROJECT_MIGRATIONS  # noqa: E402
+
+# Every liteshift run of the suite, in process or not, reads migration 001 alone unless a test
+# passes its own directory: see helpers.PROJECT_MIGRATIONS.
+os.environ["LITESHIFT_MIGRATIONS_DIR"] = str(PROJECT_MIGRATIONS)
+
 from liteshift.config import RunConfig  # noqa: E402
 from liteshift.demo import build_demo_db  # noqa: E402
 
@@ -68,6 +74,7 @@ def config(tmp_path: Path) -> Callable[..., RunConfig]:
     def make(database: Path, **overrides: object) -> RunConfig:
         values: dict[str, object] = {
             "database": database,
+            "migrations_dir": PROJECT_MIGRATIONS,
             "report_dir": tmp_path / "reports",
             "bench_min_runs": 3,
             "bench_budget_s": 0.0,

@@ -5,9 +5,22 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
-PROJECT_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+ALL_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _only_001() -> Path:
+    """The project's migration 001 alone: the suites about the pipeline's mechanics are written
+    around it; migration 002 (rebuilds) has tests of its own (test_rebuild.py, e2e)."""
+    target = Path(tempfile.mkdtemp(prefix="liteshift-test-migrations-001-"))
+    for f in ALL_MIGRATIONS.glob("001_*"):
+        shutil.copy(f, target / f.name)
+    return target
+
+
+PROJECT_MIGRATIONS = _only_001()
 
 
 def snapshot(path: Path) -> dict[str, str]:
@@ -39,7 +52,7 @@ def migrations_dir(tmp_path: Path, files: dict[str, str], with_project: bool = F
     target = tmp_path / "migrations"
     target.mkdir(exist_ok=True)
     if with_project:
-        for f in PROJECT_MIGRATIONS.iterdir():
+        for f in PROJECT_MIGRATIONS.iterdir():  # 001
             shutil.copy(f, target / f.name)
     for name, text in files.items():
         (target / name).write_text(text, "utf-8")

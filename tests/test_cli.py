@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import migrations_dir, snapshot, tracked_versions, user_snapshot
+from helpers import PROJECT_MIGRATIONS, migrations_dir, snapshot, tracked_versions, user_snapshot
 
 from liteshift.cli import main
 
@@ -49,7 +49,7 @@ def test_second_run_says_nothing_to_migrate(
     capsys.readouterr()
     assert main(["run", "--database", str(db), "--report-dir", str(tmp_path / "r")]) == 0
     assert capsys.readouterr().out == (
-        f"Nothing to migrate: {db} is up to date (1 applied, none pending in migrations); "
+        f"Nothing to migrate: {db} is up to date (1 applied, none pending in {PROJECT_MIGRATIONS}); "
         "no flow run started.\n"
     )
 

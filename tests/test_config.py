@@ -11,7 +11,8 @@ from liteshift.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
 from liteshift.config import RunConfig
 
 
-def test_defaults() -> None:
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LITESHIFT_MIGRATIONS_DIR", raising=False)  # the suite sets it
     cfg = RunConfig(database=Path("w.db"))
     assert cfg.model_dump() == {
         "database": Path("w.db"),
@@ -27,6 +28,7 @@ def test_defaults() -> None:
         "bench_min_runs": 7,
         "bench_max_runs": 200,
         "bench_budget_s": 1.0,
+        "rebuild_mode": "auto",
         "maintenance_window": None,
         "require_approval": False,
         "approval_timeout_s": 3600,

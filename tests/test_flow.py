@@ -185,3 +185,54 @@ def test_two_databases_of_the_same_name_keep_their_own_reports(tmp_path: Path) -
     assert db_key(a) != db_key(b)
     assert db_key(a).startswith("app-db-") and db_key(b).startswith("app-db-")
     assert db_key(a) == db_key(tmp_path / "tenants" / "b" / ".." / "a" / "app.db")  # by resolved path
+
+
+UNSERVED_QUERY = """[[query]]
+name = "comment_lookup"
+sql = "SELECT id FROM worklogs WHERE comment = 'no such comment'"
+expect_index = "idx_worklogs_company"
+"""
+
+
+@pytest.mark.parametrize("mode", ["online", "blocking"])
+def test_a_rebuild_shows_its_phases_and_a_failure_after_it_is_rolled_back_by_the_derived_down(
+    make_db, tmp_path: Path, mode: str
+) -> None:
+    from helpers import ALL_MIGRATIONS, migrations_dir
+
+    db = make_db()
+    before = user_snapshot(db)
+    summary = run(db, tmp_path, migrations_dir=str(ALL_MIGRATIONS), rebuild_mode=mode)
+    assert summary["status"] == "completed"
+    steps = [s["name"] for s in summary["steps"]]
+    assert steps[2:5] == ["backup", "rebuild-copy", "migrate"]
+    assert [(r["table"], r["mode"]) for r in summary["rebuilds"]] == [
+        ("worklogs", mode),
+        ("factorial_leaves", mode),
+    ]
+    worklogs = summary["rebuilds"][0]
+    assert worklogs["rows"] == 2000 and worklogs["batches"] >= 1 and worklogs["cutover_seconds"] > 0
+
+    # A migration whose declared query no index serves fails after its commit: the rollback
+    # subflow rebuilds the table back to the definition saved when it ran.
+    db2 = make_db(name="second.db")
+    before2 = user_snapshot(db2)
+    d = migrations_dir(
+        tmp_path,
+        {
+            "001_check.sql": "-- migrate:rebuild teams\nCREATE TABLE teams (id INTEGER PRIMARY KEY, "
+            "company_id INTEGER NOT NULL REFERENCES companies(id), name TEXT NOT NULL CHECK (name != ''));\n",
+            "001_check.toml": UNSERVED_QUERY,
+        },
+    )
+    with pytest.raises(CheckFailed):
+        run(db2, tmp_path, migrations_dir=str(d), rebuild_mode=mode)
+    assert user_snapshot(db2) == before2 | {
+        "schema:table:teams": user_snapshot(db2)["schema:table:teams"]
+    }  # the same rows everywhere; the table's text differs only by SQLite's quoting of its name
+    assert (
+        user_snapshot(db2)["schema:table:teams"].split("(", 1)[1]
+        == before2["schema:table:teams"].split("(", 1)[1]
+    )
+    assert tracked_versions(db2) == []
+    assert before  # the first database is unchanged by the second run

@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from liteshift.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
+from helpers import PROJECT_MIGRATIONS
 
 BIN = Path(sys.executable).parent
+# Migration 001 alone (the crash and writer matrices are about it; rebuilds have their own).
+DEFAULT_MIGRATIONS_DIR = PROJECT_MIGRATIONS
 MIG_001 = DEFAULT_MIGRATIONS_DIR / "001_add_composite_indexes.sql"
 CREATED_001 = (
     "idx_worklogs_user_range",

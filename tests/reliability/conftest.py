@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from checks import BIN
+from checks import BIN, DEFAULT_MIGRATIONS_DIR
 from stack import Stack, start, stop, wait_healthy
 
-from liteshift.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
 from liteshift.demo import build_demo_db
 from liteshift.flows.runtime import free_port
 
@@ -90,7 +89,7 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     )
     try:
         wait_healthy(stack)
-        # The project's migrations for every liteshift process, through the variable a user sets.
+        # Migration 001 for every liteshift process, through the variable a user sets.
         yield {**stack.env(), "LITESHIFT_MIGRATIONS_DIR": str(DEFAULT_MIGRATIONS_DIR)}
     finally:
         stop(stack, "server", grace_s=20)
@@ -106,7 +105,7 @@ def run_cli(prefect_env: dict[str, str], tmp_path: Path) -> Callable[..., subpro
         env: dict[str, str] | None = None,
         timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
-        # The project's migrations, through the same variable a user would set (cwd is tmp_path).
+        # Migration 001, through the same variable a user would set (cwd is tmp_path).
         full = {"LITESHIFT_MIGRATIONS_DIR": str(DEFAULT_MIGRATIONS_DIR), **prefect_env, **(env or {})}
         full.pop("LITESHIFT_KILL_AT", None)
         if kill_at:

@@ -9,10 +9,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from checks import snapshot
+from checks import DEFAULT_MIGRATIONS_DIR, snapshot
 
 from liteshift import guard
-from liteshift.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput
 from liteshift.tasks.backup import backup_database
