@@ -17,7 +17,7 @@ from prefect.tasks import exponential_backoff
 
 from liteshift import faults, guard, lock
 from liteshift.config import RunConfig
-from liteshift.db import measure_sizes
+from liteshift.db import free_page_bytes, measure_sizes
 from liteshift.errors import BadInput
 from liteshift.flows.approval import ask_approval
 from liteshift.flows.concurrency import one_run_per_database
@@ -210,6 +210,8 @@ def _after_backup(cfg: RunConfig, report: RunReport, v: Validation, b: Backup) -
     )
     report.warnings += [w for r in report.queries for w in r.warnings]
     report.size_after, report.index_bytes = measure_sizes(cfg.database, list(v.indexes))
+    if report.rebuilds:
+        report.free_after = free_page_bytes(cfg.database)
 
 
 def _rollback(cfg: RunConfig, report: RunReport, v: Validation, backup_path: str) -> None:

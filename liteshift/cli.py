@@ -198,6 +198,8 @@ def _print_report(r: RunReport) -> None:
     if r.growth_pct is not None and r.size_before and r.size_after:
         mb_before, mb_after = r.size_before / 1e6, r.size_after / 1e6
         print(f"Database size: {mb_before:.1f} MB -> {mb_after:.1f} MB ({r.growth_pct:+.1f}%)")
+        if r.free_after:
+            print(f"  of which {r.free_after / 1e6:.1f} MB are free pages: {r.free_note()}")
     print(f"Status: {r.status}. Report: {r.report_path}")
 
 

@@ -206,6 +206,14 @@ def copy_to_new_file(
         dst.close()
 
 
+def free_page_bytes(database: Path) -> int:
+    """Bytes of the database's free pages (freelist_count x page_size)."""
+    with connection(database) as con:
+        free = con.execute("PRAGMA freelist_count").fetchone()[0]
+        size = con.execute("PRAGMA page_size").fetchone()[0]
+        return int(free) * int(size)
+
+
 def measure_sizes(database: Path, names: list[str]) -> tuple[int, dict[str, int]]:
     """Logical size of the database and bytes per named index or table (dbstat)."""
     with connection(database) as con:

@@ -64,6 +64,7 @@ class RunReport:
     steps: list[StepRecord] = field(default_factory=list)
     size_before: int | None = None
     size_after: int | None = None
+    free_after: int | None = None  # bytes of free pages after the run (a rebuilt table's old copy)
     backup: Backup | None = None
     seconds_to_lock: float | None = None  # from the run's start to the migration's write lock
     lock_seconds: float | None = None
@@ -93,6 +94,9 @@ class RunReport:
         if not self.size_before or self.size_after is None:
             return None
         return 100.0 * (self.size_after - self.size_before) / self.size_before
+
+    def free_note(self) -> str:
+        return "the old copy of each rebuilt table; later writes reuse them, VACUUM returns them to the disk"
 
     @property
     def total_seconds(self) -> float:
@@ -173,6 +177,8 @@ def render_markdown(r: RunReport) -> str:
         f"- Before: {_mb(r.size_before)}; after: {_mb(r.size_after)}"
         + (f" (growth {r.growth_pct:+.1f}%)" if r.growth_pct is not None else ""),
     ]
+    if r.free_after:
+        lines.append(f"- Free pages after: {_mb(r.free_after)}: {r.free_note()}")
     if r.rollback:
         rb = r.rollback
         lines += ["", "## Rollback", "", f"- Action: {rb.action}: {rb.message}"]
