@@ -248,6 +248,57 @@ def _parse(create_sql: str) -> _Table:
     return table
 
 
+_FK_TAIL = {"ON", "MATCH", "NOT", "DEFERRABLE", "INITIALLY"}
+
+
+def _skip_references(item: list[_Tok], i: int) -> int:
+    """The index after a REFERENCES clause at item[i], with its actions and deferral."""
+    end = _references(item, i)[2] + 1
+    while end < len(item) and item[end].up in _FK_TAIL:
+        word = item[end].up
+        if word == "ON":
+            end += 4 if item[end + 2].up in ("SET", "NO") else 3
+        elif word == "NOT" and end + 1 < len(item) and item[end + 1].up == "DEFERRABLE":
+            end += 2
+        elif word == "NOT":  # NOT NULL: a constraint of its own
+            break
+        else:  # MATCH x, DEFERRABLE, INITIALLY DEFERRED|IMMEDIATE
+            end += 1 if word == "DEFERRABLE" else 2
+    return end
+
+
+def without_foreign_keys(create_sql: str) -> str:
+    """The CREATE TABLE statement with every FOREIGN KEY / REFERENCES clause removed.
+
+    Storage does not depend on foreign keys: an online rebuild's shadow table is created this way,
+    so the application's parent deletes are not checked against rows the migration has not
+    committed yet, and gets its full text back at the cut-over.
+    """
+    toks = _tokenize(create_sql)
+    table = _parse(create_sql)  # refuses what is not a CREATE TABLE
+    del table
+    start = next(i for i, t in enumerate(toks) if t.text == "(")
+    end = _close(toks, start)
+    kept: list[list[_Tok]] = []
+    for item in _split(toks[start + 1 : end]):
+        first = item[2].up if item[0].up == "CONSTRAINT" and len(item) > 2 else item[0].up
+        if first == "FOREIGN":
+            continue
+        out: list[_Tok] = []
+        i = 0
+        while i < len(item):
+            if item[i].up == "CONSTRAINT" and i + 2 < len(item) and item[i + 2].up == "REFERENCES":
+                i = _skip_references(item, i + 2)
+            elif item[i].up == "REFERENCES":
+                i = _skip_references(item, i)
+            else:
+                out.append(item[i])
+                i += 1
+        kept.append(out)
+    body = ", ".join(_text(item) for item in kept)
+    return f"{_text(toks[: start + 1])}{body}{_text(toks[end:])}"
+
+
 def table_constraints(create_sql: str) -> list[Constraint]:
     """Every NOT NULL, CHECK, UNIQUE, PRIMARY KEY and FOREIGN KEY of a CREATE TABLE statement,
     column- and table-level, in the order written."""

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from liteshift import faults
+from liteshift.constraints import without_foreign_keys
 from liteshift.db import begin_immediate, connection
 from liteshift.errors import BadInput, CheckFailed
 from liteshift.migrations import CREATE_INDEX_RE, CREATE_TABLE_RE, Rebuild
@@ -489,7 +490,9 @@ def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str
             con.execute("COMMIT")
             return state  # resume where the killed run stopped
         _drop_online_objects(con, source.name)
-        con.execute(renamed(spec.create_sql, n["shadow"]))
+        # Without its foreign keys until the cut-over: the application's parent deletes must not
+        # be checked against (or cascade into) rows the migration has not committed yet.
+        con.execute(renamed(without_foreign_keys(spec.create_sql), n["shadow"]))
         for i, (_, sql) in enumerate(source.indexes):
             con.execute(_shadow_index_sql(sql, f"{n['index']}_{i}", n["shadow"]))
         for ddl in _changes_ddl(n, source):
@@ -700,7 +703,8 @@ def cut_over(con: sqlite3.Connection, state: Online) -> RebuildStats:
     con.execute(f"ALTER TABLE {n['shadow']} RENAME TO {quote_ident(now.name)}")
     prepared = list(state.source.indexes)
     prebuilt = {index: f"{n['index']}_{i}" for i, index in enumerate(prepared)}
-    _swap_index_names(con, n, [(name, sql, prebuilt.get((name, sql))) for name, sql in now.indexes])
+    indexes = [(name, sql, prebuilt.get((name, sql))) for name, sql in now.indexes]
+    _swap_schema_rows(con, n, indexes, (now.name, renamed(state.spec.create_sql, now.name)))
     for index in prepared:
         if index not in now.indexes:  # dropped by this migration's earlier statements
             con.execute(f"DROP INDEX {prebuilt[index]}")
@@ -717,19 +721,22 @@ def cut_over(con: sqlite3.Connection, state: Online) -> RebuildStats:
     return state.stats
 
 
-def _swap_index_names(
-    con: sqlite3.Connection, n: dict[str, str], indexes: list[tuple[str, str, str | None]]
+def _swap_schema_rows(
+    con: sqlite3.Connection,
+    n: dict[str, str],
+    indexes: list[tuple[str, str, str | None]],
+    table: tuple[str, str],
 ) -> None:
-    """Free the old table's index names and give them to the shadow's prebuilt indexes.
+    """Free the old table's index names and give them to the shadow's prebuilt indexes; give the
+    new table (name, sql) its full definition, foreign keys included, back.
 
     `indexes`: (name, sql, prebuilt index or None) of each index the old table has now. SQLite
     cannot rename an index, and building them here would make the cut-over as long as a blocking
     rebuild: sqlite_schema's name and sql are rewritten in the open transaction, the b-trees are
-    untouched, the schema cookie is bumped so every connection reloads, and this one reloads at
-    once. An index without a prebuilt copy is built by the caller under its freed name.
+    untouched (foreign keys do not change how a row is stored), the schema cookie is bumped so
+    every connection reloads, and this one reloads at once. An index without a prebuilt copy is
+    built by the caller under its freed name.
     """
-    if not indexes:
-        return
     cookie = con.execute("PRAGMA schema_version").fetchone()[0]
     con.execute("PRAGMA writable_schema = ON")
     try:
@@ -744,6 +751,9 @@ def _swap_index_names(
                     "UPDATE sqlite_schema SET name = ?, sql = ? WHERE type = 'index' AND name = ?",
                     (name, sql, prebuilt),
                 )
+        con.execute(
+            "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = ?", (table[1], table[0])
+        )
         con.execute(f"PRAGMA schema_version = {int(cookie) + 1}")
     finally:
         con.execute("PRAGMA writable_schema = RESET")

@@ -433,3 +433,25 @@ def test_find_violations_writes_nothing(db: Path) -> None:
         con.close()
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in db.parent.iterdir()) == ["live.db"]
+
+
+def test_without_foreign_keys_keeps_everything_else() -> None:
+    from liteshift.constraints import without_foreign_keys
+
+    sql = (
+        'CREATE TABLE "a b" (id INTEGER PRIMARY KEY, '
+        "p INTEGER NOT NULL REFERENCES par(id) ON DELETE CASCADE, q REFERENCES x, "
+        "r TEXT CONSTRAINT fk1 REFERENCES y(z) ON UPDATE SET NULL NOT NULL DEFAULT 'a,b', "
+        "CONSTRAINT c2 FOREIGN KEY (p, q) REFERENCES par(a, b) DEFERRABLE INITIALLY DEFERRED, "
+        "FOREIGN KEY (r) REFERENCES y(z), CHECK (p > 0)) WITHOUT ROWID, STRICT"
+    )
+    assert without_foreign_keys(sql) == (
+        'CREATE TABLE "a b" (id INTEGER PRIMARY KEY, p INTEGER NOT NULL, q, '
+        "r TEXT NOT NULL DEFAULT 'a,b', CHECK (p > 0)) WITHOUT ROWID, STRICT"
+    )
+    assert [c.kind for c in table_constraints(without_foreign_keys(sql))] == [
+        "PRIMARY KEY",
+        "NOT NULL",
+        "NOT NULL",
+        "CHECK",
+    ]

@@ -514,3 +514,68 @@ def test_migration_002_on_the_demo_database(tmp_path, config, make_db):
         )
     con.close()
     assert tracked_versions(db)[-1] == "002"
+
+
+def test_a_parent_row_deleted_during_an_online_copy_stops_the_cut_over(tmp_path):
+    """The new definition adds a foreign key; the application deletes a parent the copy saw."""
+    db = _db(
+        tmp_path / "p.db",
+        "CREATE TABLE owners (id INTEGER PRIMARY KEY)",
+        "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER)",
+        rows=["INSERT INTO owners (id) VALUES " + ", ".join(f"({i})" for i in range(1, 51))]
+        + [f"INSERT INTO pets (owner_id) VALUES ({1 + i % 50})" for i in range(3000)],
+    )
+    spec = Rebuild(
+        "pets", "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owners(id))"
+    )
+    con = rebuild_connection(db)
+    state = rebuild.start_online(con, spec, "001", str(db), 5000)
+    rebuild.copy_online(con, state, str(db), 5000)
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("PRAGMA foreign_keys = ON")  # the old pets has no foreign key: nothing stops it
+    app.execute("DELETE FROM owners WHERE id = 7")
+    before = snapshot(db)
+    con.execute("BEGIN IMMEDIATE")
+    with pytest.raises(CheckFailed) as err:
+        rebuild.cut_over(con, state)
+    con.execute("ROLLBACK")
+    assert err.value.what == "The rebuild of pets breaks a foreign key"
+    assert err.value.why.startswith("over 5 row(s) point to no parent row, first: pets rowid 7 -> owners")
+    assert snapshot(db) == before  # nothing swapped
+    app.execute("INSERT INTO pets (owner_id) VALUES (1)")  # and the application still writes
+    app.execute("DELETE FROM pets WHERE owner_id = 7")  # the orphans are dealt with: it goes on
+    state = rebuild.start_online(con, spec, "001", str(db), 5000)
+    rebuild.copy_online(con, state, str(db), 5000)
+    con.execute("BEGIN IMMEDIATE")
+    rebuild.cut_over(con, state)
+    con.execute("COMMIT")
+    assert _rows(db, "SELECT sql FROM sqlite_schema WHERE name = 'pets'") == [
+        ('CREATE TABLE "pets" (id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owners(id))',)
+    ]
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY constraint failed"):
+        app.execute("INSERT INTO pets (owner_id) VALUES (9999)")  # enforced from the cut-over on
+    assert _rows(db, "PRAGMA integrity_check") == [("ok",)]
+    app.close()
+    con.close()
+
+
+def test_application_connections_with_foreign_keys_on_lose_no_child(tmp_path, config):
+    """The migrating connection has foreign_keys off; the application's stay on and keep writing."""
+    db = _family(tmp_path)
+    app = sqlite3.connect(db, isolation_level=None, timeout=10)
+    app.execute("PRAGMA foreign_keys = ON")
+    app.execute("INSERT INTO cascade_child (pid) VALUES (3)")
+    children = (
+        _rows(db, "SELECT * FROM cascade_child ORDER BY id"),
+        _rows(db, "SELECT * FROM null_child ORDER BY id"),
+    )
+    d = migrations_dir(tmp_path, {"001_parent.sql": TARGET})
+    apply_migrations(config(db, migrations_dir=d, rebuild_mode="blocking"))
+    assert app.execute("PRAGMA foreign_keys").fetchone() == (1,)
+    assert (
+        _rows(db, "SELECT * FROM cascade_child ORDER BY id"),
+        _rows(db, "SELECT * FROM null_child ORDER BY id"),
+    ) == (children)
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY constraint failed"):
+        app.execute("INSERT INTO cascade_child (pid) VALUES (9999)")  # the new parent is enforced
+    app.close()
