@@ -393,7 +393,13 @@ def check_foreign_keys(con: sqlite3.Connection, table: str) -> None:
 
 @dataclass
 class Throttle:
-    """Batch size adapted to a per-transaction budget; backs off when writers keep us waiting."""
+    """Batch size steered towards a per-transaction budget, with a pause after each batch.
+
+    What a writer of the application feels is how long liteshift holds the write lock: each batch
+    is sized so that it holds it about `budget_s`, then pauses as long as it held it. Waiting for
+    the lock means the application is writing: liteshift then pauses longer, but its batches do
+    not shrink (a smaller batch would hold the lock as often, for less work).
+    """
 
     budget_s: float = 0.02
     rows: int = 2000
@@ -403,11 +409,9 @@ class Throttle:
     converge_s: float = 30.0  # longest time spent shrinking the backlog before the cut-over
 
     def after(self, held_s: float, waited_s: float) -> None:
-        if waited_s > self.budget_s or held_s > 2 * self.budget_s:
-            self.rows = max(self.min_rows, self.rows // 2)
-        elif held_s < self.budget_s / 2:
-            self.rows = min(self.max_rows, self.rows * 2)
-        time.sleep(min(0.5, held_s * self.pause_ratio + (waited_s if waited_s > self.budget_s else 0.0)))
+        scale = min(2.0, max(0.5, self.budget_s / max(held_s, 1e-4)))
+        self.rows = min(self.max_rows, max(self.min_rows, int(self.rows * scale)))
+        time.sleep(min(0.5, held_s * self.pause_ratio + min(waited_s, self.budget_s)))
 
 
 @dataclass

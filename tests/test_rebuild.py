@@ -579,3 +579,16 @@ def test_application_connections_with_foreign_keys_on_lose_no_child(tmp_path, co
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY constraint failed"):
         app.execute("INSERT INTO cascade_child (pid) VALUES (9999)")  # the new parent is enforced
     app.close()
+
+
+def test_the_throttle_steers_batches_to_the_budget_and_pauses_as_long_as_it_held(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(rebuild.time, "sleep", slept.append)
+    t = rebuild.Throttle(budget_s=0.02, rows=2000)
+    t.after(held_s=0.005, waited_s=0.0)  # four times under budget: at most doubles
+    assert t.rows == 4000
+    t.after(held_s=0.030, waited_s=0.0)  # over budget: shrinks in proportion
+    assert t.rows == 2666
+    t.after(held_s=0.020, waited_s=0.3)  # kept waiting by writers: same size, longer pause
+    assert t.rows == 2666
+    assert slept == [0.005, 0.030, 0.040]
