@@ -20,10 +20,10 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from liteshift import faults
-from liteshift.constraints import without_foreign_keys
+from liteshift.constraints import table_constraints, without_foreign_keys
 from liteshift.db import begin_immediate, connection
 from liteshift.errors import BadInput, CheckFailed
 from liteshift.migrations import CREATE_INDEX_RE, CREATE_TABLE_RE, Rebuild
@@ -53,6 +53,7 @@ def names(table: str) -> dict[str, str]:
         "changes": f"liteshift_changes_{tag}",
         "old": f"liteshift_old_{tag}",
         "trigger": f"liteshift_capture_{tag}",
+        "parents": f"liteshift_parents_{tag}",
         "index": f"liteshift_ix_{tag}",
         "id": tag,
     }
@@ -330,7 +331,13 @@ def _execute(
         ) from exc
 
 
-def _restore_around(con: sqlite3.Connection, source: Table, copy: Copy, dependents: bool) -> None:
+def _restore_around(
+    con: sqlite3.Connection,
+    source: Table,
+    copy: Copy,
+    dependents: bool,
+    fk_check: Callable[[], None] | None = None,
+) -> None:
     """Triggers (and views and other triggers, when dropped) back; the AUTOINCREMENT sequence
     carried; the whole schema re-parsed; foreign keys checked. `source` is read in this transaction."""
     for _, sql in source.triggers:
@@ -346,7 +353,7 @@ def _restore_around(con: sqlite3.Connection, source: Table, copy: Copy, dependen
                 "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (source.name, source.sequence)
             )
     reparse_schema(con, source.name)
-    check_foreign_keys(con, source.name)
+    (fk_check or (lambda: check_foreign_keys(con, source.name)))()
 
 
 def reparse_schema(con: sqlite3.Connection, table: str) -> None:
@@ -366,25 +373,71 @@ def reparse_schema(con: sqlite3.Connection, table: str) -> None:
     con.execute(f"DROP TABLE {probe}_ok")
 
 
-def check_foreign_keys(con: sqlite3.Connection, table: str) -> None:
-    """foreign_key_check of the table and of every table that references it."""
+def check_foreign_keys(con: sqlite3.Connection, table: str, itself: bool = True) -> None:
+    """foreign_key_check of the table (unless not `itself`) and of every table that references it."""
     children = [
         t
         for (t,) in con.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
         if not t.startswith("sqlite_")
+        and t.lower() != table.lower()
         and any(
             r[2].lower() == table.lower() for r in con.execute(f"PRAGMA foreign_key_list({quote_ident(t)})")
         )
     ]
-    for t in dict.fromkeys([table, *children]):
+    for t in [table, *children] if itself else children:
         rows = con.execute(f"PRAGMA foreign_key_check({quote_ident(t)})").fetchmany(6)
-        if rows:
-            first = ", ".join(f"{r[0]} rowid {r[1]} -> {r[2]}" for r in rows[:5])
-            raise CheckFailed(
-                f"The rebuild of {table} breaks a foreign key",
-                f"{'over 5' if len(rows) > 5 else len(rows)} row(s) point to no parent row, first: {first}",
-                "nothing was changed (the transaction was rolled back); fix those rows and run again",
+        _fk_failure(table, [(r[0], f"rowid {r[1]}", r[2]) for r in rows])
+
+
+def _fk_failure(table: str, rows: list[tuple[str, str, str]], hint: str = "") -> None:
+    """Raise when rows (child table, key, parent table) point to no parent row."""
+    if rows:
+        first = ", ".join(f"{child} {key} -> {parent}" for child, key, parent in rows[:5])
+        raise CheckFailed(
+            f"The rebuild of {table} breaks a foreign key",
+            f"{'over 5' if len(rows) > 5 else len(rows)} row(s) point to no parent row, first: {first}",
+            hint or "nothing was changed (the transaction was rolled back); fix those rows and run again",
+        )
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A foreign key of a rebuild's target definition, with the parent's columns resolved."""
+
+    columns: tuple[str, ...]
+    parent: str
+    parent_columns: tuple[str, ...]
+
+    def violations(self, con: sqlite3.Connection, table: str, key: tuple[str, ...], extra: str = "") -> str:
+        """SELECT of the keys of `table`'s rows (AS c) that match no parent row; `extra` narrows it."""
+        present = " AND ".join(f"c.{quote_ident(c)} IS NOT NULL" for c in self.columns)
+        match = " AND ".join(
+            f"p.{quote_ident(pc)} = c.{quote_ident(c)}"
+            for c, pc in zip(self.columns, self.parent_columns, strict=True)
+        )
+        keys = ", ".join(f"c.{quote_ident(k)}" for k in key)
+        return (
+            f"SELECT {keys} FROM {quote_ident(table)} AS c WHERE {present} AND NOT EXISTS "
+            f"(SELECT 1 FROM {quote_ident(self.parent)} AS p WHERE {match}){extra} LIMIT 6"
+        )
+
+
+def foreign_keys(con: sqlite3.Connection, create_sql: str) -> list[ForeignKey] | None:
+    """The target's foreign keys; None when one cannot be resolved (the full check then runs)."""
+    found = []
+    for c in table_constraints(create_sql):
+        if c.kind != "FOREIGN KEY" or c.ref_table is None:
+            continue
+        cols = c.ref_columns or tuple(
+            name
+            for _, name in sorted(
+                (r[5], r[1]) for r in con.execute(f"PRAGMA table_info({quote_ident(c.ref_table)})") if r[5]
             )
+        )
+        if len(cols) != len(c.columns):
+            return None  # a missing parent or no parent key: SQLite's own check says what is wrong
+        found.append(ForeignKey(c.columns, c.ref_table, cols))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +478,9 @@ class Online:
     stats: RebuildStats
     position: list[object] | None = None  # the last key copied; None: not started
     phase: str = "copy"
+    fks: list[ForeignKey] | None = None  # None: the cut-over runs the full foreign_key_check
+    parents_seq: int | None = None  # parent changes up to here were seen by the last full check
+    unchecked: set[tuple[object, ...]] = field(default_factory=set)  # keys reconciled since
 
     @property
     def id(self) -> str:
@@ -460,6 +516,27 @@ def _changes_ddl(n: dict[str, str], source: Table) -> list[str]:
     return ddl
 
 
+def _parents_ddl(n: dict[str, str], fks: list[ForeignKey]) -> list[str]:
+    """Record the parent keys the application deletes or changes during the copy, per foreign key,
+    so the cut-over checks only the rows that pointed at them instead of the whole table."""
+    if not fks:
+        return []
+    width = max(len(fk.columns) for fk in fks)
+    values = ", ".join(f"v{i}" for i in range(width))
+    ddl = [f"CREATE TABLE {n['parents']} (seq INTEGER PRIMARY KEY, fk INTEGER, {values})"]
+    for k, fk in enumerate(fks):
+        cols = ", ".join(f"v{i}" for i in range(len(fk.columns)))
+        old = ", ".join(f"OLD.{quote_ident(c)}" for c in fk.parent_columns)
+        changed = " OR ".join(f"OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)}" for c in fk.parent_columns)
+        record = f"INSERT INTO {n['parents']} (fk, {cols}) VALUES ({k}, {old});"
+        parent = quote_ident(fk.parent)
+        ddl += [
+            f"CREATE TRIGGER {n['trigger']}_p{k}d AFTER DELETE ON {parent} BEGIN {record} END",
+            f"CREATE TRIGGER {n['trigger']}_p{k}u AFTER UPDATE ON {parent} WHEN {changed} BEGIN {record} END",
+        ]
+    return ddl
+
+
 def _shadow_index_sql(sql: str, temp_name: str, shadow: str) -> str:
     """A CREATE INDEX statement re-aimed at the shadow table under a temporary name."""
     text = strip_comments(sql)
@@ -486,6 +563,7 @@ def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str
             )
         n = names(source.name)
         state = Online(spec, version, source, copy, RebuildStats(source.name, "online"))
+        state.fks = foreign_keys(con, spec.create_sql)
         row = con.execute(
             f"SELECT phase, target_sql, source_sql, position FROM {STATE_TABLE} WHERE id = ?", (state.id,)
         ).fetchone()
@@ -499,7 +577,7 @@ def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str
         con.execute(renamed(without_foreign_keys(spec.create_sql), n["shadow"]))
         for i, (_, sql) in enumerate(source.indexes):
             con.execute(_shadow_index_sql(sql, f"{n['index']}_{i}", n["shadow"]))
-        for ddl in _changes_ddl(n, source):
+        for ddl in _changes_ddl(n, source) + _parents_ddl(n, state.fks or []):
             con.execute(ddl)
         con.execute(
             f"INSERT INTO {STATE_TABLE} (id, table_name, phase, target_sql, source_sql, started_at) "
@@ -519,14 +597,24 @@ def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str
 def _drop_online_objects(con: sqlite3.Connection, table: str) -> None:
     """Remove a rebuild's capture triggers, key table, shadow and state row (inside a transaction)."""
     n = names(table)
-    for suffix in ("i", "u", "d", "bi", "bu"):
-        con.execute(f"DROP TRIGGER IF EXISTS {n['trigger']}_{suffix}")
+    for name in _capture_triggers(con, n):
+        con.execute(f"DROP TRIGGER {name}")
     con.execute(f"DROP TABLE IF EXISTS {n['changes']}")
+    con.execute(f"DROP TABLE IF EXISTS {n['parents']}")
     con.execute(f"DROP TABLE IF EXISTS {n['shadow']}")  # its temporary indexes go with it
     if con.execute(f"SELECT 1 FROM sqlite_schema WHERE name = '{STATE_TABLE}'").fetchone():
         con.execute(
             f"DELETE FROM {STATE_TABLE} WHERE table_name = ? COLLATE NOCASE AND phase != 'drop-old'", (table,)
         )
+
+
+def _capture_triggers(con: sqlite3.Connection, n: dict[str, str]) -> list[str]:
+    prefix = n["trigger"] + "_"
+    rows = con.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+        (len(prefix), prefix),
+    )
+    return [r[0] for r in rows]
 
 
 def _key_where(key: tuple[str, ...], op: str, count: int = 1) -> str:
@@ -580,6 +668,7 @@ def _reconcile(con: sqlite3.Connection, state: Online, limit: int | None, copied
         )
     consumed = con.execute(f"DELETE FROM {n['changes']} WHERE seq <= ?", (last,)).rowcount
     state.stats.reconciled += len(keys)
+    state.unchecked.update(tuple(k) for k in keys)
     return int(consumed)
 
 
@@ -669,8 +758,75 @@ def copy_online(
         if backlog <= throttle.rows or now > deadline:
             break
         throttle.after(now - held, held - waited)
+    precheck_foreign_keys(con, state)
     state.stats.copy_seconds = time.perf_counter() - start
     return state.stats
+
+
+def precheck_foreign_keys(con: sqlite3.Connection, state: Online) -> None:
+    """Check the copied rows' foreign keys in one read snapshot, outside the write lock, and note
+    up to where the parent changes were seen: the cut-over then checks only what changed since."""
+    if state.fks is None:
+        return
+    n = names(state.source.name)
+    key = state.copy.shadow_key or state.source.key
+    con.execute("BEGIN")  # deferred: a read snapshot, no lock that stops a writer (WAL)
+    try:
+        for fk in state.fks:
+            bad = con.execute(fk.violations(con, n["shadow"], key)).fetchall()
+            _fk_failure(
+                state.source.name,
+                [(state.source.name, _key_text(key, r), fk.parent) for r in bad],
+                "nothing was swapped; fix those rows (or their parents) and run again",
+            )
+        top = con.execute(f"SELECT max(seq) FROM {n['parents']}").fetchone()[0] if state.fks else 0
+        state.parents_seq, state.unchecked = int(top or 0), set()
+    finally:
+        con.execute("COMMIT")
+
+
+def _key_text(key: tuple[str, ...], values: tuple[object, ...]) -> str:
+    if len(key) == 1:
+        return f"{key[0]} {values[0]!r}"
+    return f"({', '.join(key)}) = {values!r}"
+
+
+def _incremental_fk_check(con: sqlite3.Connection, state: Online, table: str) -> None:
+    """After the swap: the rows reconciled since the pre-check, the rows that pointed at parents
+    deleted or changed since, then (in full) the tables that reference this one."""
+    n = names(state.source.name)
+    expected = 2 * len(state.fks or [])
+    if (
+        state.fks is None
+        or state.parents_seq is None
+        or len([t for t in _capture_triggers(con, n) if "_p" in t[len(n["trigger"]) :]]) < expected
+    ):
+        check_foreign_keys(con, table)
+        return
+    key = state.copy.shadow_key or state.source.key
+    bad: list[tuple[str, str, str]] = []
+    keys = list(state.unchecked)
+    for fk in state.fks:
+        for chunk in (keys[i : i + 200] for i in range(0, len(keys), 200)):
+            where = f" AND {_key_where(key, 'IN', len(chunk))}"
+            rows = con.execute(
+                fk.violations(con, table, key, where), tuple(v for k in chunk for v in k)
+            ).fetchall()
+            bad += [(table, _key_text(key, r), fk.parent) for r in rows]
+    if state.fks:
+        width = max(len(fk.columns) for fk in state.fks)
+        cols = ", ".join(f"v{i}" for i in range(width))
+        for k, *values in con.execute(
+            f"SELECT DISTINCT fk, {cols} FROM {n['parents']} WHERE seq > ?", (state.parents_seq,)
+        ).fetchall():
+            fk = state.fks[k]
+            where = "".join(f" AND c.{quote_ident(c)} = ?" for c in fk.columns)
+            rows = con.execute(
+                fk.violations(con, table, key, where), tuple(values[: len(fk.columns)])
+            ).fetchall()
+            bad += [(table, _key_text(key, r), fk.parent) for r in rows]
+    _fk_failure(state.source.name, bad[:6])
+    check_foreign_keys(con, table, itself=False)
 
 
 def cut_over(con: sqlite3.Connection, state: Online) -> RebuildStats:
@@ -719,7 +875,12 @@ def cut_over(con: sqlite3.Connection, state: Online) -> RebuildStats:
         f"UPDATE {STATE_TABLE} SET phase = 'drop-old', table_name = ?, position = NULL WHERE id = ?",
         (n["old"], state.id),
     )
-    _restore_around(con, now, state.copy, dependents=False)
+    _restore_around(
+        con, now, state.copy, dependents=False, fk_check=lambda: _incremental_fk_check(con, state, now.name)
+    )
+    for name in _capture_triggers(con, n):  # the parents' ones, kept for the check above
+        con.execute(f"DROP TRIGGER {name}")
+    con.execute(f"DROP TABLE IF EXISTS {n['parents']}")
     faults.point("rebuild-cutover-swapped")
     state.stats.cutover_seconds = time.perf_counter() - start
     return state.stats

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from liteshift import faults, rebuild, rehearsal, tracking
 from liteshift.config import RunConfig
-from liteshift.db import begin_immediate, connection, fingerprint
-from liteshift.errors import CheckFailed
+from liteshift.db import begin_immediate, connection, fingerprint, is_locked_error
+from liteshift.errors import CheckFailed, MigrationError
 from liteshift.migrations import Migration, Rebuild, load_migrations
 from liteshift.sql import failure_detail
 from liteshift.tracking import TRACKING_TABLE, Fingerprint
@@ -72,11 +73,28 @@ def copy_rebuilds(
         online = _online_rebuilds(con, cfg, todo)
         keep = frozenset(f"{v}:{rebuild.names(r.table)['id']}" for v, r in online)
         rebuild.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms, keep)
-        for i, (version, spec) in enumerate(online):
-            state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
-            part = (lambda f, i=i: on_progress((i + f) / len(online))) if on_progress else None
-            stats.append(rebuild.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms, None, part))
+        with _abandon_on_failure(con, cfg, [spec for _, spec in online]):
+            for i, (version, spec) in enumerate(online):
+                state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
+                part = (lambda f, i=i: on_progress((i + f) / len(online))) if on_progress else None
+                stats.append(
+                    rebuild.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms, None, part)
+                )
     return stats
+
+
+@contextmanager
+def _abandon_on_failure(con: sqlite3.Connection, cfg: RunConfig, specs: list[Rebuild]) -> Iterator[None]:
+    """A check that fails (rows that break the new definition, a changed schema) removes the
+    online rebuilds' shadow copies and capture triggers: they would otherwise tax every write of
+    the application until a next run. A crash or a locked database keeps them, to resume."""
+    try:
+        yield
+    except MigrationError as exc:
+        if not is_locked_error(exc):
+            for spec in specs:
+                rebuild.abandon_online(con, spec.table, str(cfg.database), cfg.busy_timeout_ms)
+        raise
 
 
 def _applied(cfg: RunConfig) -> dict[str, tracking.TrackingRow]:
@@ -98,65 +116,79 @@ def apply_migrations(
         # Online rebuilds: the copy (done already when the flow ran copy_rebuilds) and the
         # reconcile down to a small backlog, outside the migration's transaction.
         online: dict[tuple[str, str], rebuild.Online] = {}
-        for version, spec in _online_rebuilds(
-            con, cfg, tracking.pending(migrations, tracking.read_tracking(con))
-        ):
-            state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
-            rebuild.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms)
-            online[(version, spec.table.lower())] = state
-        # COMMIT would otherwise also copy the new pages from the -wal into the file: that runs
-        # after the write lock is released, so it is done and timed apart, not counted as lock.
-        con.execute("PRAGMA wal_autocheckpoint = 0")
-        waited = time.perf_counter()
-        begin_immediate(con, cfg.database, cfg.busy_timeout_ms)
-        locked_at = time.perf_counter()
-        faults.point("migrate-locked")
-        try:
-            applied = tracking.read_tracking(con)
-            tracking.check_drift(migrations, applied)
-            todo = tracking.pending(migrations, applied)  # re-read under the lock: no double apply
-            index_only = rehearsal.index_only(todo)
-            # A migration that writes rows needs the counts before and after to prove, later, that
-            # a restore would lose nothing; an index-only one changes no row, so the backup's own
-            # fingerprint is that proof, at no cost inside the lock.
-            # An online copy ran beside the application's writes: a restore could lose some, so no
-            # proof is recorded (the rollback runs the derived down instead).
-            proof_possible = backup_fingerprint is not None and not online
-            before = fingerprint(con) if todo and proof_possible and not index_only else None
-            tracking.ensure_current(con)
-            changes = con.total_changes
-            rebuilt = {m.version: _definitions(con, m) for m in todo}
-            stats: list[rebuild.RebuildStats] = []
-            timings = _apply(con, todo, batch, backup_path, flow_run_id, on_progress, online, stats)
-            rows_changed = con.total_changes - changes - len(todo)
-            _record_restore_proof(
-                con, todo, backup_fingerprint if proof_possible else None, before, index_only, rebuilt
+        planned = _online_rebuilds(con, cfg, tracking.pending(migrations, tracking.read_tracking(con)))
+        with _abandon_on_failure(con, cfg, [spec for _, spec in planned]):
+            for version, spec in planned:
+                state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
+                rebuild.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms)
+                online[(version, spec.table.lower())] = state
+            result = _commit(
+                con, cfg, migrations, batch, backup_path, backup_fingerprint, flow_run_id, on_progress, online
             )
-            faults.point("migrate-before-commit")
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        lock_seconds = time.perf_counter() - locked_at
         con.execute("PRAGMA wal_autocheckpoint = 1000")
         checkpoint_start = time.perf_counter()
         con.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        checkpoint_seconds = time.perf_counter() - checkpoint_start
+        result.checkpoint_seconds = time.perf_counter() - checkpoint_start
         faults.point("migrate-after-commit")
-        freed = rebuild.drop_old_tables(con, str(cfg.database), cfg.busy_timeout_ms)
-    labels = [m.label for m in todo]
+        result.old_rows_freed = rebuild.drop_old_tables(con, str(cfg.database), cfg.busy_timeout_ms)
+    return result
+
+
+def _commit(
+    con: sqlite3.Connection,
+    cfg: RunConfig,
+    migrations: list[Migration],
+    batch: str,
+    backup_path: str | None,
+    backup_fingerprint: Fingerprint | None,
+    flow_run_id: str | None,
+    on_progress: Callable[[float], None] | None,
+    online: dict[tuple[str, str], rebuild.Online],
+) -> Applied:
+    """The migration's one transaction: every pending up, rebuild and tracking row, then COMMIT."""
+    # COMMIT would otherwise also copy the new pages from the -wal into the file: that runs
+    # after the write lock is released, so it is done and timed apart, not counted as lock.
+    con.execute("PRAGMA wal_autocheckpoint = 0")
+    waited = time.perf_counter()
+    begin_immediate(con, cfg.database, cfg.busy_timeout_ms)
+    locked_at = time.perf_counter()
+    faults.point("migrate-locked")
+    try:
+        applied = tracking.read_tracking(con)
+        tracking.check_drift(migrations, applied)
+        todo = tracking.pending(migrations, applied)  # re-read under the lock: no double apply
+        index_only = rehearsal.index_only(todo)
+        # A migration that writes rows needs the counts before and after to prove, later, that
+        # a restore would lose nothing; an index-only one changes no row, so the backup's own
+        # fingerprint is that proof, at no cost inside the lock. An online copy ran beside the
+        # application's writes: a restore could lose some, so no proof is recorded (the rollback
+        # runs the derived down instead).
+        proof_possible = backup_fingerprint is not None and not online
+        before = fingerprint(con) if todo and proof_possible and not index_only else None
+        tracking.ensure_current(con)
+        changes = con.total_changes
+        rebuilt = {m.version: _definitions(con, m) for m in todo}
+        stats: list[rebuild.RebuildStats] = []
+        timings = _apply(con, todo, batch, backup_path, flow_run_id, on_progress, online, stats)
+        rows_changed = con.total_changes - changes - len(todo)
+        _record_restore_proof(
+            con, todo, backup_fingerprint if proof_possible else None, before, index_only, rebuilt
+        )
+        faults.point("migrate-before-commit")
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
     return Applied(
-        labels,
+        [m.label for m in todo],
         batch,
-        lock_seconds,
+        time.perf_counter() - locked_at,
         locked_at - waited,
         rows_changed,
         timings,
-        checkpoint_seconds,
-        locked_at,
-        stats,
-        freed,
+        locked_at=locked_at,
+        rebuilds=stats,
     )
 
 

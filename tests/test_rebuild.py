@@ -592,3 +592,75 @@ def test_the_throttle_steers_batches_to_the_budget_and_pauses_as_long_as_it_held
     t.after(held_s=0.020, waited_s=0.3)  # kept waiting by writers: same size, longer pause
     assert t.rows == 2666
     assert slept == [0.005, 0.030, 0.040]
+
+
+def test_the_cut_over_checks_only_the_rows_and_parents_that_changed_since_the_copy(tmp_path):
+    db = _db(
+        tmp_path / "f.db",
+        "CREATE TABLE owners (id INTEGER PRIMARY KEY)",
+        "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER)",
+        rows=["INSERT INTO owners (id) VALUES " + ", ".join(f"({i})" for i in range(1, 51))]
+        + [f"INSERT INTO pets (owner_id) VALUES ({1 + i % 50})" for i in range(3000)],
+    )
+    spec = Rebuild(
+        "pets", "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owners(id))"
+    )
+    con = rebuild_connection(db)
+    state = rebuild.start_online(con, spec, "001", str(db), 5000)
+    rebuild.copy_online(con, state, str(db), 5000)
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("INSERT INTO pets (owner_id) VALUES (9999)")  # no parent: the old pets allows it
+    statements: list[str] = []
+    con.set_trace_callback(statements.append)
+    con.execute("BEGIN IMMEDIATE")
+    with pytest.raises(CheckFailed) as err:
+        rebuild.cut_over(con, state)
+    con.execute("ROLLBACK")
+    con.set_trace_callback(None)
+    assert err.value.why == "1 row(s) point to no parent row, first: pets rowid 3001 -> owners"
+    assert not [s for s in statements if "foreign_key_check" in s]  # no whole-table check in the lock
+    # A parent deleted while the copy runs is caught by the check that ends the copy, outside the lock.
+    app.execute("DELETE FROM pets WHERE id = 3001")
+    app.execute("DELETE FROM owners WHERE id = 8")
+    state = rebuild.start_online(con, spec, "001", str(db), 5000)
+    with pytest.raises(CheckFailed) as err:
+        rebuild.copy_online(con, state, str(db), 5000)
+    assert str(err.value) == (
+        "The rebuild of pets breaks a foreign key: over 5 row(s) point to no parent row, first: pets rowid 8 "
+        "-> owners, pets rowid 58 -> owners, pets rowid 108 -> owners, pets rowid 158 -> owners, "
+        "pets rowid 208 -> owners. Try: nothing was swapped; fix those rows (or their parents) and run again"
+    )
+    assert not con.in_transaction
+    app.close()
+    con.close()
+
+
+def test_a_failed_online_rebuild_removes_its_shadow_and_triggers(tmp_path, config):
+    from liteshift.tasks.migrate import copy_rebuilds
+
+    db = _db(
+        tmp_path / "x.db",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER)",
+        rows=[f"INSERT INTO items (qty) VALUES ({i % 5 + 1})" for i in range(3000)],
+    )
+    d = migrations_dir(
+        tmp_path,
+        {
+            "001_i.sql": "-- migrate:rebuild items\n"
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER CHECK (qty > 0));\n"
+        },
+    )
+    cfg = config(db, migrations_dir=d, rebuild_mode="online")
+    copied = copy_rebuilds(cfg)
+    assert [(s.table, s.rows) for s in copied] == [("items", 3000)]
+    app = sqlite3.connect(db, isolation_level=None)
+    app.execute("UPDATE items SET qty = 0 WHERE id = 5")  # after validation, during the copy
+    before = _digest(db, "items")
+    with pytest.raises(CheckFailed, match=r"^The rebuild of items failed: CHECK constraint failed: qty > 0"):
+        apply_migrations(cfg)
+    assert _digest(db, "items") == before and tracked_versions(db) == []
+    left = _rows(db, "SELECT name FROM sqlite_schema WHERE name LIKE 'liteshift%' ORDER BY name")
+    assert left == [("liteshift_rebuilds",)]  # no shadow, key table or capture trigger
+    app.execute("INSERT INTO items (qty) VALUES (3)")
+    assert app.execute("SELECT count(*) FROM items").fetchone() == (3001,)
+    app.close()
