@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from liteshift.errors import BadInput, DatabaseLocked
@@ -105,6 +107,33 @@ def begin_immediate(con: sqlite3.Connection, path: Path | str, timeout_ms: int) 
                 "then run again; nothing was written",
             ) from exc
         raise
+
+
+@dataclass
+class Held:
+    """How long a write transaction waited for the lock and then held it, in seconds."""
+
+    waited: float = 0.0
+    held: float = 0.0
+
+
+@contextmanager
+def write_transaction(con: sqlite3.Connection, path: Path | str, timeout_ms: int) -> Iterator[Held]:
+    """BEGIN IMMEDIATE ... COMMIT around the block; ROLLBACK and re-raise when it fails."""
+    times = Held()
+    start = time.perf_counter()
+    begin_immediate(con, path, timeout_ms)
+    locked = time.perf_counter()
+    times.waited = locked - start
+    try:
+        yield times
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        times.held = time.perf_counter() - locked
 
 
 def user_tables(con: sqlite3.Connection) -> list[str]:

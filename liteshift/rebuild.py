@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 from liteshift import faults
 from liteshift.constraints import table_constraints, without_foreign_keys
-from liteshift.db import begin_immediate, connection
+from liteshift.db import connection, write_transaction
 from liteshift.errors import BadInput, CheckFailed
 from liteshift.migrations import CREATE_INDEX_RE, CREATE_TABLE_RE, Rebuild
 from liteshift.sql import failure_detail, quote_ident, strip_comments
@@ -549,8 +549,7 @@ def _shadow_index_sql(sql: str, temp_name: str, shadow: str) -> str:
 
 def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str, timeout_ms: int) -> Online:
     """Create (or find, after a crash) the shadow table, its indexes and the capture triggers."""
-    begin_immediate(con, path, timeout_ms)
-    try:
+    with write_transaction(con, path, timeout_ms):
         con.execute(STATE_DDL)
         source = read_table(con, spec.table)
         copy = plan_copy(source, spec)
@@ -569,7 +568,6 @@ def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str
         ).fetchone()
         if row and row[1] == spec.create_sql and row[2] == source.sql:
             state.phase, state.position = row[0], json.loads(row[3]) if row[3] else None
-            con.execute("COMMIT")
             return state  # resume where the killed run stopped
         _drop_online_objects(con, source.name)
         # Without its foreign keys until the cut-over: the application's parent deletes must not
@@ -585,11 +583,6 @@ def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str
             (state.id, source.name, spec.create_sql, source.sql, time.time()),
         )
         faults.point("rebuild-preparing")
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
     faults.point("rebuild-prepared")
     return state
 
@@ -688,10 +681,7 @@ def copy_online(
     total = max(1, con.execute(f"SELECT count(*) FROM {quote_ident(src.name)}").fetchone()[0])
     start = time.perf_counter()
     while state.phase == "copy":
-        waited = time.perf_counter()
-        begin_immediate(con, path, timeout_ms)
-        held = time.perf_counter()
-        try:
+        with write_transaction(con, path, timeout_ms) as txn:
             # Reconcile first, so the shadow matches the source up to the position: the range
             # copied next cannot then meet a stale row on a UNIQUE constraint.
             while _reconcile(con, state, throttle.rows, True) >= throttle.rows:
@@ -725,39 +715,24 @@ def copy_online(
                 (state.phase, json.dumps(state.position), state.id),
             )
             faults.point("rebuild-copy-batch")
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        now = time.perf_counter()
         state.stats.rows += copied
         state.stats.batches += 1
-        state.stats.longest_txn_seconds = max(state.stats.longest_txn_seconds, now - held)
+        state.stats.longest_txn_seconds = max(state.stats.longest_txn_seconds, txn.held)
         if on_progress:
             on_progress(min(1.0, state.stats.rows / total))
-        throttle.after(now - held, held - waited)
+        throttle.after(txn.held, txn.waited)
     # Reconcile until the backlog is small enough for the cut-over to drain at once; a writer
     # faster than the reconcile is not chased for ever: the cut-over then drains what is left.
     deadline = time.perf_counter() + throttle.converge_s
     while True:
-        waited = time.perf_counter()
-        begin_immediate(con, path, timeout_ms)
-        held = time.perf_counter()
-        try:
+        with write_transaction(con, path, timeout_ms) as txn:
             _reconcile(con, state, throttle.rows, False)
             faults.point("rebuild-reconcile")
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        now = time.perf_counter()
-        state.stats.longest_txn_seconds = max(state.stats.longest_txn_seconds, now - held)
+        state.stats.longest_txn_seconds = max(state.stats.longest_txn_seconds, txn.held)
         backlog = con.execute(f"SELECT count(*) FROM {n['changes']}").fetchone()[0]
-        if backlog <= throttle.rows or now > deadline:
+        if backlog <= throttle.rows or time.perf_counter() > deadline:
             break
-        throttle.after(now - held, held - waited)
+        throttle.after(txn.held, txn.waited)
     precheck_foreign_keys(con, state)
     state.stats.copy_seconds = time.perf_counter() - start
     return state.stats
@@ -937,8 +912,7 @@ def drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, batch: 
         f"SELECT id, table_name FROM {STATE_TABLE} WHERE phase = 'drop-old'"
     ).fetchall():
         while True:
-            begin_immediate(con, path, timeout_ms)
-            try:
+            with write_transaction(con, path, timeout_ms):
                 exists = con.execute(
                     "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (old,)
                 ).fetchone()
@@ -955,11 +929,6 @@ def drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, batch: 
                     con.execute(f"DROP TABLE IF EXISTS {quote_ident(old)}")
                     con.execute(f"DELETE FROM {STATE_TABLE} WHERE id = ?", (state_id,))
                 faults.point("rebuild-dropping-old")
-                con.execute("COMMIT")
-            except BaseException:
-                if con.in_transaction:
-                    con.execute("ROLLBACK")
-                raise
             freed += gone
             if gone == 0:
                 break
@@ -981,14 +950,8 @@ def _pk(con: sqlite3.Connection, table: str) -> str:
 
 def abandon_online(con: sqlite3.Connection, table: str, path: str, timeout_ms: int) -> None:
     """Remove an unfinished online rebuild's objects: the application's writes never notice."""
-    begin_immediate(con, path, timeout_ms)
-    try:
+    with write_transaction(con, path, timeout_ms):
         _drop_online_objects(con, table)
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
 
 
 def finish_leftovers(database: str, timeout_ms: int, keep: frozenset[str] = frozenset()) -> list[str]:
