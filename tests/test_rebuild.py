@@ -516,21 +516,28 @@ def test_migration_002_on_the_demo_database(tmp_path, config, make_db):
     assert tracked_versions(db)[-1] == "002"
 
 
-def test_a_parent_row_deleted_during_an_online_copy_stops_the_cut_over(tmp_path):
-    """The new definition adds a foreign key; the application deletes a parent the copy saw."""
+PETS = "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owners(id))"
+
+
+def _pets_copied_online(tmp_path: Path) -> tuple[Path, Rebuild, sqlite3.Connection, rebuild.Online]:
+    """50 owners, 3,000 pets without a foreign key, copied online towards one that has it."""
     db = _db(
-        tmp_path / "p.db",
+        tmp_path / "pets.db",
         "CREATE TABLE owners (id INTEGER PRIMARY KEY)",
         "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER)",
         rows=["INSERT INTO owners (id) VALUES " + ", ".join(f"({i})" for i in range(1, 51))]
         + [f"INSERT INTO pets (owner_id) VALUES ({1 + i % 50})" for i in range(3000)],
     )
-    spec = Rebuild(
-        "pets", "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owners(id))"
-    )
+    spec = Rebuild("pets", PETS)
     con = rebuild_connection(db)
     state = rebuild.start_online(con, spec, "001", str(db), 5000)
     rebuild.copy_online(con, state, str(db), 5000)
+    return db, spec, con, state
+
+
+def test_a_parent_row_deleted_during_an_online_copy_stops_the_cut_over(tmp_path):
+    """The new definition adds a foreign key; the application deletes a parent the copy saw."""
+    db, spec, con, state = _pets_copied_online(tmp_path)
     app = sqlite3.connect(db, isolation_level=None)
     app.execute("PRAGMA foreign_keys = ON")  # the old pets has no foreign key: nothing stops it
     app.execute("DELETE FROM owners WHERE id = 7")
@@ -595,19 +602,7 @@ def test_the_throttle_steers_batches_to_the_budget_and_pauses_as_long_as_it_held
 
 
 def test_the_cut_over_checks_only_the_rows_and_parents_that_changed_since_the_copy(tmp_path):
-    db = _db(
-        tmp_path / "f.db",
-        "CREATE TABLE owners (id INTEGER PRIMARY KEY)",
-        "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER)",
-        rows=["INSERT INTO owners (id) VALUES " + ", ".join(f"({i})" for i in range(1, 51))]
-        + [f"INSERT INTO pets (owner_id) VALUES ({1 + i % 50})" for i in range(3000)],
-    )
-    spec = Rebuild(
-        "pets", "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owners(id))"
-    )
-    con = rebuild_connection(db)
-    state = rebuild.start_online(con, spec, "001", str(db), 5000)
-    rebuild.copy_online(con, state, str(db), 5000)
+    db, spec, con, state = _pets_copied_online(tmp_path)
     app = sqlite3.connect(db, isolation_level=None)
     app.execute("INSERT INTO pets (owner_id) VALUES (9999)")  # no parent: the old pets allows it
     statements: list[str] = []
