@@ -899,12 +899,16 @@ def _swap_schema_rows(
         con.execute("PRAGMA writable_schema = RESET")
 
 
-def drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, batch: int = 5000) -> int:
+def drop_old_tables(
+    con: sqlite3.Connection, path: str, timeout_ms: int, throttle: Throttle | None = None
+) -> int:
     """Empty and drop the tables online cut-overs left behind, in short transactions; rows freed.
 
     Dropping a large table at once holds the write lock for as long as it takes to free every
-    page (0.5 s for 1M rows here); deleting in batches keeps each write transaction short.
+    page (0.5 s for 1M rows here); deleting in batches sized like the copy's keeps each write
+    transaction near the same budget.
     """
+    throttle = throttle or Throttle()
     if con.execute(f"SELECT 1 FROM sqlite_schema WHERE name = '{STATE_TABLE}'").fetchone() is None:
         return 0
     freed = 0
@@ -912,7 +916,7 @@ def drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, batch: 
         f"SELECT id, table_name FROM {STATE_TABLE} WHERE phase = 'drop-old'"
     ).fetchall():
         while True:
-            with write_transaction(con, path, timeout_ms):
+            with write_transaction(con, path, timeout_ms) as txn:
                 exists = con.execute(
                     "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (old,)
                 ).fetchone()
@@ -920,7 +924,7 @@ def drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, batch: 
                 gone = (
                     con.execute(
                         f"DELETE FROM {quote_ident(old)} WHERE ({key}) IN "
-                        f"(SELECT {key} FROM {quote_ident(old)} LIMIT {int(batch)})"
+                        f"(SELECT {key} FROM {quote_ident(old)} LIMIT {int(throttle.rows)})"
                     ).rowcount
                     if exists
                     else 0
@@ -932,7 +936,7 @@ def drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, batch: 
             freed += gone
             if gone == 0:
                 break
-            time.sleep(0.005)
+            throttle.after(txn.held, txn.waited)
     if freed:
         faults.point("rebuild-old-dropped")
     return freed
