@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 from liteshift import faults
 from liteshift.constraints import table_constraints, without_foreign_keys
-from liteshift.db import connection, write_transaction
+from liteshift.db import Held, connection, relaxed_sync, write_transaction
 from liteshift.errors import BadInput, CheckFailed
 from liteshift.migrations import CREATE_INDEX_RE, CREATE_TABLE_RE, Rebuild
 from liteshift.sql import failure_detail, quote_ident, strip_comments
@@ -460,9 +460,13 @@ class Throttle:
     max_rows: int = 50_000
     pause_ratio: float = 1.0  # sleep this x the transaction's length, so writers get their turn
     converge_s: float = 30.0  # longest time spent shrinking the backlog before the cut-over
+    cache_mib: int = 256  # page cache of the copying connection
 
-    def after(self, held_s: float, waited_s: float) -> None:
-        scale = min(2.0, max(0.5, self.budget_s / max(held_s, 1e-4)))
+    def after(self, txn: Held) -> None:
+        """Resize from the batch's own work (a COMMIT's sync does not shrink with the batch) and
+        pause as long as the lock was held, plus up to one budget when writers kept us waiting."""
+        held_s, waited_s = txn.held, txn.waited
+        scale = min(2.0, max(0.5, self.budget_s / max(txn.work, 1e-4)))
         self.rows = min(self.max_rows, max(self.min_rows, int(self.rows * scale)))
         time.sleep(min(0.5, held_s * self.pause_ratio + min(waited_s, self.budget_s)))
 
@@ -674,8 +678,28 @@ def copy_online(
     on_progress: Callable[[float], None] | None = None,
 ) -> RebuildStats:
     """Copy by key range, each batch with the backlog before it in one short transaction; then
-    reconcile until the backlog is small. Each transaction records the position it reached."""
+    reconcile until the backlog is small, and check the copied rows' foreign keys. Each
+    transaction records the position it reached, so a killed copy resumes there."""
     throttle = throttle or Throttle()
+    cache = con.execute("PRAGMA cache_size").fetchone()[0]
+    # The prebuilt indexes take the rows in key order of the table, at random places of their
+    # own: a larger page cache keeps more of them in memory (measured: -22% copy time at 300K rows).
+    con.execute(f"PRAGMA cache_size = {-1024 * throttle.cache_mib}")
+    try:
+        with relaxed_sync(con):
+            return _copy_online(con, state, path, timeout_ms, throttle, on_progress)
+    finally:
+        con.execute(f"PRAGMA cache_size = {int(cache)}")
+
+
+def _copy_online(
+    con: sqlite3.Connection,
+    state: Online,
+    path: str,
+    timeout_ms: int,
+    throttle: Throttle,
+    on_progress: Callable[[float], None] | None,
+) -> RebuildStats:
     n = names(state.source.name)
     src, key = state.source, state.source.key
     total = max(1, con.execute(f"SELECT count(*) FROM {quote_ident(src.name)}").fetchone()[0])
@@ -720,7 +744,7 @@ def copy_online(
         state.stats.longest_txn_seconds = max(state.stats.longest_txn_seconds, txn.held)
         if on_progress:
             on_progress(min(1.0, state.stats.rows / total))
-        throttle.after(txn.held, txn.waited)
+        throttle.after(txn)
     # Reconcile until the backlog is small enough for the cut-over to drain at once; a writer
     # faster than the reconcile is not chased for ever: the cut-over then drains what is left.
     deadline = time.perf_counter() + throttle.converge_s
@@ -732,7 +756,7 @@ def copy_online(
         backlog = con.execute(f"SELECT count(*) FROM {n['changes']}").fetchone()[0]
         if backlog <= throttle.rows or time.perf_counter() > deadline:
             break
-        throttle.after(txn.held, txn.waited)
+        throttle.after(txn)
     precheck_foreign_keys(con, state)
     state.stats.copy_seconds = time.perf_counter() - start
     return state.stats
@@ -902,13 +926,18 @@ def _swap_schema_rows(
 def drop_old_tables(
     con: sqlite3.Connection, path: str, timeout_ms: int, throttle: Throttle | None = None
 ) -> int:
+    """Empty and drop the tables online cut-overs left behind (see _drop_old_tables)."""
+    with relaxed_sync(con):
+        return _drop_old_tables(con, path, timeout_ms, throttle or Throttle())
+
+
+def _drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, throttle: Throttle) -> int:
     """Empty and drop the tables online cut-overs left behind, in short transactions; rows freed.
 
     Dropping a large table at once holds the write lock for as long as it takes to free every
     page (0.5 s for 1M rows here); deleting in batches sized like the copy's keeps each write
     transaction near the same budget.
     """
-    throttle = throttle or Throttle()
     if con.execute(f"SELECT 1 FROM sqlite_schema WHERE name = '{STATE_TABLE}'").fetchone() is None:
         return 0
     freed = 0
@@ -936,7 +965,7 @@ def drop_old_tables(
             freed += gone
             if gone == 0:
                 break
-            throttle.after(txn.held, txn.waited)
+            throttle.after(txn)
     if freed:
         faults.point("rebuild-old-dropped")
     return freed

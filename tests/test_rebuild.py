@@ -14,6 +14,7 @@ import pytest
 from helpers import ALL_MIGRATIONS, migrations_dir, snapshot, tracked_versions, user_snapshot
 
 from liteshift import rebuild
+from liteshift.db import Held
 from liteshift.errors import BadInput, CheckFailed
 from liteshift.migrations import Rebuild, parse_migration
 from liteshift.tasks.migrate import apply_migrations
@@ -592,13 +593,15 @@ def test_the_throttle_steers_batches_to_the_budget_and_pauses_as_long_as_it_held
     slept: list[float] = []
     monkeypatch.setattr(rebuild.time, "sleep", slept.append)
     t = rebuild.Throttle(budget_s=0.02, rows=2000)
-    t.after(held_s=0.005, waited_s=0.0)  # four times under budget: at most doubles
+    t.after(Held(waited=0.0, held=0.005, work=0.005))  # four times under budget: at most doubles
     assert t.rows == 4000
-    t.after(held_s=0.030, waited_s=0.0)  # over budget: shrinks in proportion
+    t.after(Held(waited=0.0, held=0.030, work=0.030))  # over budget: shrinks in proportion
     assert t.rows == 2666
-    t.after(held_s=0.020, waited_s=0.3)  # kept waiting by writers: same size, longer pause
+    t.after(Held(waited=0.3, held=0.020, work=0.020))  # kept waiting by writers: longer pause
     assert t.rows == 2666
-    assert slept == [0.005, 0.030, 0.040]
+    t.after(Held(waited=0.0, held=0.040, work=0.010))  # a slow COMMIT (sync): not a reason to shrink
+    assert t.rows == 5332
+    assert slept == [0.005, 0.030, 0.040, 0.040]
 
 
 def test_the_cut_over_checks_only_the_rows_and_parents_that_changed_since_the_copy(tmp_path):
