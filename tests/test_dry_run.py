@@ -91,3 +91,28 @@ def test_an_unanswered_approval_is_a_refusal(monkeypatch: pytest.MonkeyPatch) ->
         "nothing was written. Try: approve the next run in the Prefect UI (Resume, tick approve) "
         "sooner, raise approval_timeout_s, or run again"
     )
+
+
+def test_plan_refuses_rows_that_break_a_rebuild_and_shows_the_rebuild(make_db, tmp_path, capsys):
+    import sqlite3
+
+    from helpers import ALL_MIGRATIONS, snapshot
+
+    db = make_db()
+    assert main(["plan", "--database", str(db), "--migrations", str(ALL_MIGRATIONS)]) == 0
+    out = capsys.readouterr().out
+    assert "-- migrate:rebuild worklogs\nCREATE TABLE worklogs (" in out
+    assert "- **Rebuilds** worklogs (blocking): 2,000 rows copied, cut-over " in out
+    con = sqlite3.connect(db)
+    con.execute("UPDATE factorial_leaves SET status = 'lost' WHERE id = 3")
+    con.commit()
+    con.close()
+    before = snapshot(db)
+    assert main(["plan", "--database", str(db), "--migrations", str(ALL_MIGRATIONS)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "Error: 002_multi_tenant_constraints.sql: rows of factorial_leaves break the new definition: "
+        "constraint \"leave_status_known\" CHECK (\"status\" IN ('approved', 'pending', 'rejected', "
+        "'cancelled')): 1 row(s), first: rowid 3\nTry: fix those rows, or give the column an expression "
+        "under '-- migrate:columns', then run again; nothing was written"
+    )
+    assert snapshot(db) == before
