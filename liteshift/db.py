@@ -157,6 +157,12 @@ def write_transaction(con: sqlite3.Connection, path: Path | str, timeout_ms: int
         times.held = time.perf_counter() - locked
 
 
+def table_exists(con: sqlite3.Connection, table: str) -> bool:
+    """True when the schema has a table of that name (SQLite compares names without case)."""
+    sql = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE"
+    return con.execute(sql, (table,)).fetchone() is not None
+
+
 def user_tables(con: sqlite3.Connection) -> list[str]:
     """Names of the user's tables (not SQLite's nor liteshift's own)."""
     rows = con.execute("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name").fetchall()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from liteshift import faults, rebuild, rehearsal, tracking
 from liteshift.config import RunConfig
-from liteshift.db import begin_immediate, connection, fingerprint, is_locked_error
+from liteshift.db import begin_immediate, connection, fingerprint, is_locked_error, table_exists
 from liteshift.errors import CheckFailed, MigrationError
 from liteshift.migrations import Migration, Rebuild, load_migrations
 from liteshift.sql import failure_detail
@@ -50,14 +50,9 @@ def _online_rebuilds(
         (version, r)
         for version, r in specs
         if tables.count(r.table.lower()) == 1  # a table rebuilt twice in one run: blocking
-        and _exists(con, r.table)
+        and table_exists(con, r.table)
         and rebuild.choose_mode(con, r, cfg.rebuild_mode) == "online"
     ]
-
-
-def _exists(con: sqlite3.Connection, table: str) -> bool:
-    sql = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE"
-    return con.execute(sql, (table,)).fetchone() is not None
 
 
 def copy_rebuilds(
@@ -194,7 +189,7 @@ def _commit(
 
 def _definitions(con: sqlite3.Connection, m: Migration) -> list[tuple[str, str]]:
     """The definitions of the tables a migration rebuilds, before it runs: its derived down."""
-    return [(r.table, rebuild.read_table(con, r.table).sql) for r in m.rebuilds if _exists(con, r.table)]
+    return [(r.table, rebuild.read_table(con, r.table).sql) for r in m.rebuilds if table_exists(con, r.table)]
 
 
 def _apply(

@@ -23,6 +23,7 @@ from liteshift.db import (
     page_bytes,
     pragma_check,
     table_bytes,
+    table_exists,
 )
 from liteshift.errors import BadInput
 from liteshift.indexes import IndexDef, index_definition
@@ -199,7 +200,7 @@ def _rebuild_checks(con: sqlite3.Connection, todo: list[Migration], mode: str) -
     copied = 0
     for m in todo:
         for r in m.rebuilds:
-            if not _table_exists(con, r.table):
+            if not table_exists(con, r.table):
                 continue  # created by an earlier statement of the same migration: no rows yet
             if mode == "online" and plan_copy(read_table(con, r.table), r).shadow_key is None:
                 raise BadInput(
@@ -218,11 +219,6 @@ def _rebuild_checks(con: sqlite3.Connection, todo: list[Migration], mode: str) -
                 )
             copied += table_bytes(con, r.table)
     return copied
-
-
-def _table_exists(con: sqlite3.Connection, table: str) -> bool:
-    sql = "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE"
-    return con.execute(sql, (table,)).fetchone() is not None
 
 
 def _disk_space(cfg: RunConfig, size: int, rebuild_bytes: int = 0) -> tuple[int, int]:
