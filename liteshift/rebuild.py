@@ -631,13 +631,10 @@ def _reconcile(con: sqlite3.Connection, state: Online, limit: int | None, copied
     """
     n = names(state.source.name)
     ks = [f"k{i}" for i in range(len(state.source.key))]
-    rows = con.execute(
-        f"SELECT seq FROM {n['changes']} ORDER BY seq"
-        + (f" LIMIT 1 OFFSET {int(limit) - 1}" if limit else " DESC LIMIT 1")
-    ).fetchone()
-    if rows is None and limit:
-        rows = con.execute(f"SELECT max(seq) FROM {n['changes']}").fetchone()
-    last = rows[0] if rows else None
+    # The last seq of the oldest `limit` recorded changes (all of them without a limit).
+    last = con.execute(
+        f"SELECT max(seq) FROM (SELECT seq FROM {n['changes']} ORDER BY seq LIMIT ?)", (limit or -1,)
+    ).fetchone()[0]
     if last is None:
         return 0
     where = f"seq <= {int(last)}"
