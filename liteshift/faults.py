@@ -44,6 +44,10 @@ Point = Literal[
     "rollback-verified",
     "lock-before-release",
     "report-written",
+    # Maintenance and archiving runs (tests/test_maintenance.py, tests/reliability/test_archive_kill.py).
+    "maintenance-acted",
+    "archive-copied",
+    "archive-deleted",
 ]
 POINTS: tuple[Point, ...] = get_args(Point)
 

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from liteshift.errors import BadInput, ChecksumDrift
-from liteshift.migrations import Migration
+from liteshift.migrations import Migration, Query
 
 TRACKING_TABLE = "liteshift_migrations"
 META_TABLE = "liteshift_meta"
@@ -166,3 +166,9 @@ def check_drift(migrations: list[Migration], applied: dict[str, TrackingRow]) ->
 def pending(migrations: list[Migration], applied: dict[str, TrackingRow]) -> list[Migration]:
     """Migrations not yet recorded in the tracking table, in order."""
     return [m for m in migrations if m.version not in applied]
+
+
+def applied_queries(migrations: list[Migration], applied: dict[str, TrackingRow]) -> list[Query]:
+    """The declared queries (sidecars) of the migrations applied to a database: what the
+    database was migrated to serve, and what health and maintenance keep timing."""
+    return [q for m in migrations if m.version in applied for q in m.queries]

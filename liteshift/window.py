@@ -128,3 +128,30 @@ def enforce_window(text: str | None, now: datetime | None = None) -> str:
         )
     closes = opened + window.length
     return f"inside {window.text!r} (closes {closes:%a %H:%M %Z})"
+
+
+class WindowTooShort(BadInput):
+    """The run would outlast its maintenance window; nothing was written."""
+
+
+def check_fits(text: str | None, predicted_s: float | None, basis: str, now: datetime | None = None) -> str:
+    """Refuse with WindowTooShort when a run predicted to take predicted_s would end after the
+    window closes; say what the prediction was based on otherwise."""
+    if not text or predicted_s is None:
+        return "no maintenance window configured" if not text else f"no prediction ({basis})"
+    window = parse_window(text)
+    moment = now or datetime.now(UTC)
+    opened = window.opening(moment)
+    if opened is None:
+        return enforce_window(text, moment)  # raises OutsideWindow
+    closes = opened + window.length
+    left = (closes - moment).total_seconds()
+    if predicted_s > left:
+        raise WindowTooShort(
+            f"The run would outlast the maintenance window {window.text!r}",
+            f"it is predicted to take {predicted_s:.1f} s ({basis}) and the window closes in "
+            f"{left:.1f} s ({closes:%a %H:%M %Z}); nothing was written",
+            f"run again when the window opens ({window.next_opening(closes):%a %Y-%m-%d %H:%M %Z}), "
+            "or widen the window",
+        )
+    return f"predicted {predicted_s:.1f} s ({basis}); {left:.0f} s left in the window"

@@ -7,7 +7,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from liteshift.window import OutsideWindow, WindowInvalid, enforce_window, parse_window
+from liteshift.window import (
+    OutsideWindow,
+    WindowInvalid,
+    WindowTooShort,
+    check_fits,
+    enforce_window,
+    parse_window,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -80,3 +87,26 @@ def test_invalid_windows_say_why(text, why):
         parse_window(text)
     assert err.value.what == f"Invalid maintenance_window {text!r}"
     assert err.value.why == why
+
+
+def test_a_run_predicted_past_the_window_end_is_refused_with_both_figures():
+    with pytest.raises(WindowTooShort) as info:
+        check_fits("Sun 01:00-05:00 Europe/Berlin", 120.0, "median of 3 earlier runs", at("2026-11-29 04:59"))
+    assert str(info.value) == (
+        "The run would outlast the maintenance window 'Sun 01:00-05:00 Europe/Berlin': it is predicted "
+        "to take 120.0 s (median of 3 earlier runs) and the window closes in 60.0 s (Sun 05:00 CET); "
+        "nothing was written. Try: run again when the window opens (Sun 2026-12-06 01:00 CET), "
+        "or widen the window"
+    )
+
+
+def test_a_run_that_fits_says_its_prediction():
+    got = check_fits("Sun 01:00-05:00 Europe/Berlin", 50.0, "rehearsal on a copy", at("2026-11-29 04:59"))
+    assert got == "predicted 50.0 s (rehearsal on a copy); 60 s left in the window"
+    assert check_fits(None, 50.0, "x") == "no maintenance window configured"
+    assert (
+        check_fits("Sun 01:00-05:00 Europe/Berlin", None, "no earlier run")
+        == "no prediction (no earlier run)"
+    )
+    with pytest.raises(OutsideWindow):
+        check_fits("Sun 01:00-05:00 Europe/Berlin", 1.0, "x", at("2026-11-29 05:00"))

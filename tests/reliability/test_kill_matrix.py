@@ -35,12 +35,15 @@ FAST = {"backup-copying", "migrate-between-statements", "migrate-after-commit"}
 # declared query no index serves (the run fails after its commit); "restore" fixtures have no down.
 ROLLBACK_DOWN = {"rollback-start", "rollback-downs-committed", "rollback-verified"}
 ROLLBACK_RESTORE = {"rollback-before-restore", "rollback-restoring"}
+# Points of other kinds of run, each killed by its own suite: rebuilds (test_rebuild_kill),
+# maintenance (test_maintenance), archiving (test_archive_kill).
+OTHER_RUNS = ("rebuild-", "maintenance-", "archive-")
 NO_DOWN_SQL = MIG_001.read_text().split("-- migrate:down")[0]
 
 
 def _scenarios() -> list[object]:
     cases: list[object] = []
-    for point in (p for p in POINTS if not p.startswith("rebuild-")):  # rebuilds: test_rebuild_kill
+    for point in (p for p in POINTS if not p.startswith(OTHER_RUNS)):
         marks = () if point in FAST else (pytest.mark.slow,)
         cases.append(pytest.param(point, "wal", id=f"{point}-wal", marks=marks))
     # Rollback-journal mode: a crash inside the transaction leaves a hot journal for SQLite to undo.
