@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,15 +70,20 @@ def connect(
     immutable: read a file nothing writes (a finished backup) without locks or a -shm file.
     """
     if immutable:
-        uri = f"file:{Path(path).resolve()}?mode=ro&immutable=1"
+        uri = f"{_uri(path)}?mode=ro&immutable=1"
         con = sqlite3.connect(uri, uri=True, isolation_level=None)
     elif readonly:
-        uri = f"file:{Path(path).resolve()}?mode=ro"
+        uri = f"{_uri(path)}?mode=ro"
         con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000)
     else:
         con = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
     con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     return con
+
+
+def _uri(path: Path | str) -> str:
+    """A file: URI of path; '?', '#' and '%' in a name would otherwise open another file."""
+    return "file:" + urllib.parse.quote(str(Path(path).resolve()))
 
 
 @contextmanager
