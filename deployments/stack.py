@@ -182,6 +182,26 @@ def install_automation(stack: Stack, path: Path = ZOMBIE_AUTOMATION) -> str:
     return prefect_cli(stack, "automation", "create", "--from-file", str(path))
 
 
+def install_alerts(stack: Stack, url: str | None = None, silent_within_s: int | None = None) -> str:
+    """The liteshift-alerts webhook block and the health automations, when a webhook is given
+    (argument, else $LITESHIFT_ALERT_WEBHOOK); without one, say how to add them later."""
+    url = url or os.environ.get("LITESHIFT_ALERT_WEBHOOK")
+    if not url:
+        return "health alerts not installed: set LITESHIFT_ALERT_WEBHOOK=URL and run 'make automations'"
+    code = (
+        "import sys; from pathlib import Path; from liteshift.alerts import install_alerting\n"
+        "within = int(sys.argv[3]) if sys.argv[3] else None\n"
+        "print(' '.join(str(i) for i in install_alerting(sys.argv[1], Path(sys.argv[2]), within)))\n"
+    )
+    args = [url, str(stack.root / "deployments" / "automations"), str(silent_within_s or "")]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=stack.env(), capture_output=True, text=True, cwd=stack.root
+    )
+    if proc.returncode != 0:
+        raise StackError(f"installing the health alerts failed:\n{proc.stdout}{proc.stderr}")
+    return f"health alerts installed (automations {proc.stdout.strip()}) posting to {url}"
+
+
 def _automation_ids(stack: Stack, name: str) -> list[str]:
     """Ids of automations of that name, read through the stack's API."""
     code = (
@@ -210,6 +230,7 @@ def up(stack: Stack) -> None:
         prefect_cli(stack, "work-pool", "create", POOL, "--type", "process", "--overwrite")
         prefect_cli(stack, "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE))
         install_automation(stack)
+        print(install_alerts(stack))
         start(stack, "worker", [stack.prefect, "worker", "start", "--pool", POOL])
     except BaseException:
         down(stack)
@@ -237,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export PREFECT_API_URL={stack.api_url}")
         elif args.command == "automations":
             print(install_automation(stack).strip())
+            print(install_alerts(stack))
         else:
             down(stack)
     except StackError as exc:
