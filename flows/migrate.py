@@ -40,7 +40,7 @@ from liteshift.tasks.backup import Backup
 from liteshift.tasks.dry_run import render_plan
 from liteshift.tasks.rollback import Rollback
 from liteshift.tasks.validate import Validation
-from liteshift.window import enforce_window
+from liteshift.window import check_fits, enforce_window
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -126,13 +126,25 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
         get_run_logger().info("Nothing to migrate in %s: %s applied", cfg.database, len(v.applied))
         return
     _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
-    if cfg.require_approval:
+    fits: Callable[[], str] = lambda: enforce_window(cfg.maintenance_window)  # noqa: E731
+    if cfg.require_approval or cfg.maintenance_window:
+        # The rehearsal measures the backup (the same copy) and the migration, so a run that
+        # would commit after the window closes is refused before it writes.
         dry = _step(
             report,
             "dry-run",
             lambda: dry_run(cfg),
             lambda d: f"{len(d.pending)} pending; write lock {d.lock_seconds or 0:.3f} s on a copy",
         )
+        if cfg.maintenance_window and dry.error is None:
+            basis = (
+                f"rehearsal on a copy: backup {dry.copy_seconds:.1f} s + migrate {dry.apply_seconds:.1f} s"
+            )
+            fits = lambda: check_fits(  # noqa: E731
+                cfg.maintenance_window, dry.copy_seconds + dry.apply_seconds, basis
+            )
+            _step(report, "window-fit", fits, str)
+    if cfg.require_approval:
         _step(
             report,
             "approval",
@@ -141,7 +153,7 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
         )
     with one_run_per_database(cfg.database, cfg.queue_timeout_s, cfg.busy_timeout_ms):
         if cfg.maintenance_window:  # again: queueing or approval may have outlasted the window
-            _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
+            _step(report, "maintenance-window", fits, str)
         with lock.held(cfg.database, cfg.busy_timeout_ms):
             _locked_pipeline(cfg, report, v)
 

@@ -51,6 +51,7 @@ class DryRun:
     statements: dict[str, list[str]] = field(default_factory=dict)
     indexes: dict[str, str] = field(default_factory=dict)
     copy_seconds: float = 0.0
+    apply_seconds: float = 0.0  # the migrate step on the copy, from start to COMMIT and after
     lock_seconds: float | None = None
     size_before: int = 0
     size_after: int | None = None
@@ -76,6 +77,7 @@ class DryRun:
             "rebuilds": self.rebuilds,
             "indexes": self.indexes,
             "copy_seconds": round(self.copy_seconds, 4),
+            "apply_seconds": round(self.apply_seconds, 4),
             "lock_seconds": None if self.lock_seconds is None else round(self.lock_seconds, 4),
             "size_before": self.size_before,
             "size_after": self.size_after,
@@ -125,8 +127,10 @@ def dry_run(cfg: RunConfig) -> DryRun:
     with tempfile.TemporaryDirectory(prefix="liteshift-plan-", dir=cfg.backup_directory) as tmp:
         copy = Path(tmp) / cfg.database.name
         result.copy_seconds = _copy(cfg.database, copy, cfg.busy_timeout_ms)
+        start = time.perf_counter()
         try:
             applied = apply_migrations(cfg.model_copy(update={"database": copy}))
+            result.apply_seconds = time.perf_counter() - start
         except MigrationError as exc:
             result.error = exc.one_line()
             return result

@@ -13,7 +13,7 @@ from helpers import index_names, snapshot
 import liteshift.flows.migrate as flow_mod
 from liteshift import lock
 from liteshift.flows.concurrency import DatabaseBusy, limit_name, one_run_per_database
-from liteshift.window import OutsideWindow
+from liteshift.window import OutsideWindow, WindowTooShort
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -47,8 +47,31 @@ def test_inside_the_window_it_is_checked_before_queueing_and_again_under_the_slo
     summary = run(db, tmp_path, maintenance_window=_window_around_now(90))
     assert summary["status"] == "completed"
     names = [s["name"] for s in summary["steps"]]
-    assert names[:3] == ["validate", "maintenance-window", "maintenance-window"]
+    assert names[:5] == ["validate", "maintenance-window", "dry-run", "window-fit", "maintenance-window"]
+    fit = next(s for s in summary["steps"] if s["name"] == "window-fit")["detail"]
+    assert fit.startswith("predicted ") and "(rehearsal on a copy: backup " in fit
     assert "idx_worklogs_user_range" in index_names(db)
+
+
+def test_a_run_the_rehearsal_says_would_outlast_the_window_writes_nothing(
+    make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = make_db()
+    before = snapshot(db)
+    real = flow_mod.dry_run
+
+    def slow_rehearsal(*args: Any, **kw: Any) -> Any:
+        result = real(*args, **kw)
+        result.apply_seconds = 4 * 3600.0  # as if the copy had taken 4 h to migrate
+        return result
+
+    monkeypatch.setattr(flow_mod, "dry_run", slow_rehearsal)
+    window = _window_around_now(90)
+    with pytest.raises(WindowTooShort) as err:
+        run(db, tmp_path, maintenance_window=window)
+    assert err.value.what == f"The run would outlast the maintenance window '{window}'"
+    assert "is predicted to take 14400." in err.value.why and "nothing was written" in err.value.why
+    assert snapshot(db) == before
 
 
 def test_a_second_run_on_a_busy_database_is_refused_and_writes_nothing(make_db, tmp_path: Path) -> None:
