@@ -46,8 +46,11 @@ Point = Literal[
     "report-written",
     # Maintenance and archiving runs (tests/test_maintenance.py, tests/reliability/test_archive_kill.py).
     "maintenance-acted",
+    "archive-prepared",
     "archive-copied",
     "archive-deleted",
+    "archive-cleaned",
+    "archive-verified",
 ]
 POINTS: tuple[Point, ...] = get_args(Point)
 
