@@ -20,9 +20,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from liteshift import health
+from liteshift import guard, health
 from liteshift.config import default_migrations_dir, default_report_dir
 from liteshift.db import connection
+from liteshift.flows.runtime import is_deployment_run
 from liteshift.flows.ui import tag_run
 from liteshift.history import History, history_path
 from liteshift.plot import Series, line_chart_png
@@ -93,6 +94,8 @@ def schedule_repairs(
     approve_vacuum: bool,
     archive_deployment: str | None,
     archive_parameters: dict[str, Any] | None,
+    migrations_dir: Path,
+    report_dir: Path,
     now: datetime | None = None,
 ) -> list[str]:
     """Each repair a breach calls for, as one run of the maintenance (or archive) deployment at
@@ -111,6 +114,9 @@ def schedule_repairs(
                     "objects": [] if f.action == "vacuum" else [f.object],
                     "approve_vacuum": approve_vacuum,
                     "maintenance_window": maintenance_window,
+                    # The same declared queries to keep, and the same history to record into.
+                    "migrations_dir": str(migrations_dir),
+                    "report_dir": str(report_dir),
                 },
             )
         elif f.action == "archive" and archive_deployment and archive_parameters:
@@ -157,6 +163,10 @@ def check_database_health(
     reports = Path(report_dir) if report_dir else default_report_dir()
     migrations = Path(migrations_dir) if migrations_dir else default_migrations_dir()
     limits = health.Thresholds.from_parameters(thresholds or {})
+    if is_deployment_run():  # the history and plots are written under report_dir
+        roots = guard.allowed_roots()
+        guard.require_under(db, "database", roots)
+        guard.require_under(reports, "report directory", [*roots, default_report_dir()])
     tag_run(db)
     log = get_run_logger()
     if watch == "hourly" and not _watching(db):
@@ -170,7 +180,8 @@ def check_database_health(
     publish(report, reports, history)
     if maintenance_window and maintenance_deployment:
         repair = (maintenance_window, maintenance_deployment, approve_vacuum)
-        for line in schedule_repairs(report, *repair, archive_deployment, archive_parameters):
+        archive = (archive_deployment, archive_parameters)
+        for line in schedule_repairs(report, *repair, *archive, migrations, reports):
             log.info("Scheduled: %s", line)
     return report
 

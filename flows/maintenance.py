@@ -8,16 +8,19 @@ the health history, and measured again.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from liteshift import lock, maintenance
+from liteshift import guard, health, lock, maintenance
 from liteshift.config import RunConfig, default_migrations_dir, default_report_dir
 from liteshift.db import connection
 from liteshift.flows.concurrency import one_run_per_database
+from liteshift.flows.health import measure_task
+from liteshift.flows.runtime import is_deployment_run
 from liteshift.flows.steps import backup
 from liteshift.flows.ui import tag_run
 from liteshift.history import History, history_path
@@ -47,10 +50,23 @@ def maintain_database(
     backup_dir: str | None = None,
     report_dir: str | None = None,
     busy_timeout_ms: int = 5000,
+    thresholds: dict[str, Any] | None = None,
 ) -> maintenance.Maintenance:
     """Check, back up, act, verify (undo on failure), record; one action per run."""
     db = Path(database)
     reports = Path(report_dir) if report_dir else default_report_dir()
+    migrations = Path(migrations_dir) if migrations_dir else default_migrations_dir()
+    cfg = RunConfig.from_parameters(
+        {
+            "database": db,
+            "migrations_dir": migrations,
+            "backup_dir": backup_dir,
+            "report_dir": reports,
+            "busy_timeout_ms": busy_timeout_ms,
+        }
+    )
+    if is_deployment_run():  # before anything is written
+        guard.check_deployment_paths(cfg)
     history = History(history_path(reports))
     tag_run(db)
     req = maintenance.Request(
@@ -60,14 +76,11 @@ def maintain_database(
         approve_vacuum,
         maintenance_window,
         busy_timeout_ms,
-        tuple(_declared_queries(db, Path(migrations_dir) if migrations_dir else None, busy_timeout_ms)),
+        tuple(_declared_queries(db, migrations, busy_timeout_ms)),
     )
     check(req)
     fits = window(req, history.last_run_seconds(action, db_key(db)))
     maintenance.check_space(req)
-    cfg = RunConfig.from_parameters(
-        {"database": db, "backup_dir": backup_dir, "report_dir": reports, "busy_timeout_ms": busy_timeout_ms}
-    )
     with one_run_per_database(db, 600.0, busy_timeout_ms), lock.held(db, busy_timeout_ms):
         if maintenance_window:  # again: the queue may have outlasted the window
             fits = window(req, history.last_run_seconds(action, db_key(db)))
@@ -75,6 +88,8 @@ def maintain_database(
         result = act(req, b.path)
     result.prediction = fits
     history.record_run(action, db_key(db), result.seconds, result.status == "completed")
+    # Measured again, so the history (and the next health run's events) see the repair at once.
+    measure_task(db, migrations, reports, health.Thresholds.from_parameters(thresholds or {}), False)
     get_run_logger().info("Maintenance of %s: %s", db, result.message)
     create_markdown_artifact(
         key=f"liteshift-maintenance-{db_key(db)}",
@@ -84,10 +99,10 @@ def maintain_database(
     return result
 
 
-def _declared_queries(database: Path, migrations_dir: Path | None, timeout_ms: int) -> list[Query]:
+def _declared_queries(database: Path, migrations_dir: Path, timeout_ms: int) -> list[Query]:
     with connection(database, timeout_ms) as con:
         applied = read_tracking(con)
-    return applied_queries(load_migrations(migrations_dir or default_migrations_dir()), applied)
+    return applied_queries(load_migrations(migrations_dir), applied)
 
 
 def render(r: maintenance.Maintenance) -> str:

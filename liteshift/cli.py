@@ -1,4 +1,5 @@
-"""The `liteshift` command: demo, run, plan, status, rollback. Only argument handling lives here.
+"""The `liteshift` command: demo, run, plan, status, rollback, health, maintain, archive. Only
+argument handling lives here.
 
 status, plan, and a run with nothing pending answer without importing Prefect; only a run with
 pending work (and rollback) starts a flow.
@@ -16,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from liteshift.config import DEMO_MIGRATIONS_DIR, RunConfig, cli_flag
-from liteshift.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, MigrationError
+from liteshift.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CRITICAL,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_WARNING,
+    BadInput,
+    MigrationError,
+)
 
 if typing.TYPE_CHECKING:
     from liteshift.report import RunReport
@@ -70,6 +79,43 @@ def _parser() -> argparse.ArgumentParser:
     add_config_options(rollback, LOCATION)
     rollback.add_argument("--backup", help="backup to restore when a migration has no down")
     rollback.set_defaults(func=cmd_rollback)
+
+    health = sub.add_parser(
+        "health", help="measure a database's health, read-only; exit 3 on warnings, 4 on critical"
+    )
+    add_config_options(health, ("database", "migrations_dir", "report_dir"))
+    health.add_argument("--quick-check", action="store_true", help="also run PRAGMA quick_check")
+    health.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a threshold (see docs/MONITORING.md), repeatable",
+    )
+    health.set_defaults(func=cmd_health)
+
+    maintain = sub.add_parser(
+        "maintain", help="one repair (analyze, reindex, vacuum), backed up and verified"
+    )
+    add_config_options(maintain, (*LOCATION, "backup_dir", "report_dir"))
+    maintain.add_argument("--action", required=True, choices=["analyze", "reindex", "vacuum"])
+    maintain.add_argument("--object", action="append", default=[], help="table or index (repeatable)")
+    maintain.add_argument(
+        "--approve-vacuum", action="store_true", help="allow a full VACUUM (blocks writers)"
+    )
+    maintain.add_argument("--maintenance-window", help="refuse outside it, or when the run would outlast it")
+    maintain.set_defaults(func=cmd_maintain)
+
+    archive = sub.add_parser("archive", help="move rows older than a cutoff into an archive file")
+    add_config_options(archive, ("database", "busy_timeout_ms"))
+    archive.add_argument("--archive", required=True, type=Path, help="the archive SQLite file")
+    archive.add_argument("--table", required=True)
+    archive.add_argument("--column", required=True, help="the column compared with the cutoff")
+    cut = archive.add_mutually_exclusive_group(required=True)
+    cut.add_argument("--before", help="move rows whose column is < this value")
+    cut.add_argument("--older-than", help="a cutoff relative to today: '18 months', '90 days'")
+    archive.add_argument("--maintenance-window", help="refuse outside it; stop when it closes")
+    archive.set_defaults(func=cmd_archive)
     return p
 
 
@@ -284,6 +330,102 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         for v in result.verified:
             print(f"  verified: {v}")
     return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Measure read-only and record the history; no Prefect, no events (the flow sends those)."""
+    from liteshift import health
+    from liteshift.history import History, history_path
+
+    cfg = _config(args)
+    limits = health.Thresholds.from_parameters(dict(_pair(t) for t in args.threshold))
+    history = History(history_path(cfg.report_dir))
+    report = health.measure(
+        cfg.database,
+        migrations_dir=cfg.migrations_dir,
+        report_dir=cfg.report_dir,
+        thresholds=limits,
+        history=history,
+        quick_check=args.quick_check,
+    )
+    history.record(report)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print(health.render_markdown(report), end="")
+    severities = {f.severity for f in report.breaches()}
+    return EXIT_CRITICAL if "critical" in severities else EXIT_WARNING if severities else EXIT_OK
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise BadInput(f"Invalid --threshold {text!r}", "it has no '='", "write it as NAME=VALUE")
+    return name.strip(), value.strip()
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    """Run the database-maintenance flow for one action."""
+    cfg = _config(args)
+    params = {
+        "database": str(cfg.database),
+        "action": args.action,
+        "objects": args.object,
+        "approve_vacuum": args.approve_vacuum,
+        "maintenance_window": args.maintenance_window,
+        "migrations_dir": str(cfg.migrations_dir),
+        "backup_dir": None if cfg.backup_dir is None else str(cfg.backup_dir),
+        "report_dir": str(cfg.report_dir),
+        "busy_timeout_ms": cfg.busy_timeout_ms,
+    }
+    result = _in_flow("maintenance", "maintain_database", params)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        from liteshift.flows.maintenance import render
+
+        print(render(result), end="")
+    return EXIT_OK if result.status == "completed" else EXIT_FAILED
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    """Run the archive-rows flow."""
+    cfg = _config(args)
+    params = {
+        "database": str(cfg.database),
+        "archive_path": str(args.archive),
+        "table": args.table,
+        "column": args.column,
+        "before": args.before,
+        "older_than": args.older_than,
+        "maintenance_window": args.maintenance_window,
+        "busy_timeout_ms": cfg.busy_timeout_ms,
+    }
+    result = _in_flow("archive", "archive_rows", params)
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        from liteshift.flows.archive import render
+
+        print(render(result), end="")
+    return EXIT_OK
+
+
+def _in_flow(module: str, name: str, params: dict[str, Any]) -> Any:
+    """Run one of liteshift's flows on the configured API (or an embedded one)."""
+    import importlib
+
+    from liteshift.db import check_is_sqlite_file
+
+    check_is_sqlite_file(Path(params["database"]))
+    from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
+
+    configure_prefect()
+    api = connect_api()
+    fn = getattr(importlib.import_module(f"liteshift.flows.{module}"), name)
+    api.wait()
+    with command_settings(api):
+        return fn(**params)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+# `liteshift health` only: the database was measured and a threshold is breached.
+EXIT_WARNING = 3
+EXIT_CRITICAL = 4
 
 
 class MigrationError(Exception):

@@ -17,7 +17,10 @@ import yaml
 from liteshift import lock
 from liteshift.config import RunConfig
 from liteshift.errors import BadInput
+from liteshift.flows.archive import archive_rows
 from liteshift.flows.concurrency import GRACE_S, POLL_S, limit_name, orphan_grace_s, slot_orphaned
+from liteshift.flows.health import check_database_health
+from liteshift.flows.maintenance import maintain_database
 from liteshift.flows.migrate import migrate_database
 from liteshift.flows.rollback import rollback_migration
 from liteshift.window import WindowInvalid, enforce_window
@@ -66,9 +69,9 @@ def _deployments() -> dict[str, dict]:
     return {d["name"]: d for d in data["deployments"]}
 
 
-def test_prefect_yaml_declares_the_three_deployments():
+def test_prefect_yaml_declares_the_deployments():
     deps = _deployments()
-    assert set(deps) == {"maintenance-window", "adhoc", "by-hand"}
+    assert set(deps) == {"maintenance-window", "adhoc", "by-hand", "hourly", "daily", "repair", "phase-3"}
     assert deps["maintenance-window"]["schedules"] == [
         {"cron": "0 2 * * 0", "timezone": "Europe/Berlin", "active": True}
     ]
@@ -83,9 +86,41 @@ def test_prefect_yaml_entrypoints_name_the_flows():
     flows = {
         "liteshift.flows.migrate:migrate_database": migrate_database,
         "liteshift.flows.rollback:rollback_migration": rollback_migration,
+        "liteshift.flows.health:check_database_health": check_database_health,
+        "liteshift.flows.maintenance:maintain_database": maintain_database,
+        "liteshift.flows.archive:archive_rows": archive_rows,
     }
     for dep in deps.values():
-        assert load_flow_from_entrypoint(dep["entrypoint"]) is flows[dep["entrypoint"]]
+        flow = load_flow_from_entrypoint(dep["entrypoint"])
+        assert flow is flows[dep["entrypoint"]]
+        flow.validate_parameters(dep["parameters"] | _required(dep["name"]))  # names and types
+
+
+def _required(name: str) -> dict[str, object]:
+    """Parameters a deployment leaves to the person who starts it."""
+    return {
+        "adhoc": {"database": "x.db"},
+        "by-hand": {"database": "x.db"},
+        "repair": {"database": "x.db", "action": "analyze"},
+    }.get(name, {})
+
+
+def test_health_schedules_in_their_time_zone_and_archiving_inside_the_window():
+    deps = _deployments()
+    assert [s["cron"] for s in deps["hourly"]["schedules"]] == ["15 * * * *"]
+    assert [s["cron"] for s in deps["daily"]["schedules"]] == ["30 6 * * *"]
+    assert {s["timezone"] for d in ("hourly", "daily", "phase-3") for s in deps[d]["schedules"]} == {
+        "Europe/Berlin"
+    }
+    assert (deps["hourly"]["parameters"]["watch"], deps["daily"]["parameters"]["watch"]) == (
+        "hourly",
+        "daily",
+    )
+    archive = deps["phase-3"]
+    sunday_three = datetime(2026, 11, 29, 3, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert enforce_window(archive["parameters"]["maintenance_window"], sunday_three).startswith("inside")
+    assert archive["schedules"][0]["cron"] == "0 3 * * 0"
+    assert deps["hourly"]["parameters"]["archive_parameters"]["older_than"] == "18 months"
 
 
 def test_scheduled_parameters_validate_and_the_cron_lies_inside_the_window():

@@ -10,8 +10,10 @@ import pytest
 
 from liteshift.cli import _parser
 from liteshift.config import RunConfig
+from liteshift.health import Thresholds
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
+MONITORING = (Path(__file__).resolve().parent.parent / "docs" / "MONITORING.md").read_text("utf-8")
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -52,3 +54,8 @@ def test_migration_format_is_documented() -> None:
 
 def test_every_config_field_has_a_description() -> None:
     assert all(f.description for f in RunConfig.model_fields.values())
+
+
+@pytest.mark.parametrize("name", sorted(Thresholds.model_fields))
+def test_every_health_threshold_is_in_the_monitoring_doc(name: str) -> None:
+    assert re.search(rf"\| `{name}` \| [^|]+ \|", MONITORING), name

@@ -392,3 +392,133 @@ def test_rollback_deployment_started_by_hand_undoes_the_last_batch(
     assert tracked_versions(adhoc["db"]) == []
     report = artifacts(stack, run_id)[f"liteshift-rollback-{db_key(workdir / 'adhoc.db')}"]["data"]
     assert "- Action: **down**: ran the down of 001_add_composite_indexes" in report
+
+
+# ---------------------------------------------------------------------------------------------
+# Monitoring: a critical breach notifies a webhook on loopback, the repair is scheduled once per
+# window and, run, repairs exactly the bloated index.
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that keeps the JSON bodies it is sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        bodies: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                bodies.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.bodies = bodies
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait(self, subject: str, timeout_s: float = 90) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [b for b in self.bodies if subject in b.get("subject", "")]
+            if found:
+                return found
+            time.sleep(0.5)
+        raise AssertionError(f"no notification with {subject!r} in {timeout_s} s; got {self.bodies}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _bloated(path: Path) -> Path:
+    """A demo database whose idx_worklogs_company lost 40% of its entries at random."""
+    import random
+    import sqlite3
+
+    build_demo_db(path, 50_000)
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("REINDEX")
+    con.execute("BEGIN")
+    con.executemany(
+        "DELETE FROM worklogs WHERE id = ?", [(i,) for i in random.Random(7).sample(range(1, 50_001), 20_000)]
+    )
+    con.execute("COMMIT")
+    con.execute("ANALYZE")
+    con.close()
+    return path
+
+
+def test_health_alerts_once_and_schedules_the_repair_that_fixes_the_index(
+    stack: Stack, workdir: Path
+) -> None:
+    from stack import install_alerts
+
+    receiver = Receiver()
+    try:
+        assert "health alerts installed" in install_alerts(stack, receiver.url, silent_within_s=10)
+        db = _bloated(workdir / "health.db")
+        hour = datetime.now(UTC).hour
+        window = f"daily {hour:02d}:00-{(hour + 2) % 24:02d}:00 UTC"  # open now; the next opening is tomorrow
+        params = {
+            "database": str(db),
+            "migrations_dir": os.environ["LITESHIFT_MIGRATIONS_DIR"],  # an allowed root here
+            "report_dir": str(workdir / "health-reports"),
+            # A critical size (to notify) and index sizes this small database has (to judge).
+            "thresholds": {"index_min_bytes": 65536, "size_warning_bytes": 1000, "size_critical_bytes": 2000},
+            "maintenance_window": window,
+            "maintenance_deployment": "database-maintenance/repair",
+        }
+        for _ in range(2):
+            code, out, _run = deployment_run(
+                stack, "database-health/daily", extra=("--params", json.dumps(params))
+            )
+            assert code == 0, out
+        [note] = receiver.wait("db_bytes critical")
+        assert str(db) in note["subject"] and "Action: archive" in note["body"]
+        repairs = api(
+            stack, "POST", "/flow_runs/filter", {"flow_runs": {"tags": {"all_": ["liteshift-repair"]}}}
+        )
+        # Two health runs, one run per repair (the daily deployment also names the archive
+        # deployment, and the size breach calls for archiving): the idempotency keys.
+        by_action = {r["parameters"].get("action", "archive"): r for r in repairs}
+        assert sorted(r["parameters"].get("action", "archive") for r in repairs) == ["archive", "reindex"]
+        repair = by_action["reindex"]
+        assert repair["parameters"]["objects"] == ["idx_worklogs_company"]
+        assert repair["state_type"] == "SCHEDULED"
+        # Start it now (what the window's opening would do), and let the worker run it.
+        api(
+            stack,
+            "POST",
+            f"/flow_runs/{repair['id']}/set_state",
+            {
+                "state": {
+                    "type": "SCHEDULED",
+                    "state_details": {"scheduled_time": datetime.now(UTC).isoformat()},
+                },
+                "force": True,
+            },
+        )
+        done = wait_state(stack, repair["id"], {"COMPLETED", "FAILED", "CRASHED"}, timeout_s=180)
+        assert done["state_type"] == "COMPLETED", done["state"]
+        code, out, run_id = deployment_run(
+            stack, "database-health/daily", extra=("--params", json.dumps(params))
+        )
+        assert code == 0, out
+        table = artifacts(stack, run_id)[f"liteshift-health-table-{db_key(db)}"]["data"]
+        rows = json.loads(table) if isinstance(table, str) else table
+        index_rows = [
+            r for r in rows if r["metric"] == "index_unused_pct" and r["object"] == "idx_worklogs_company"
+        ]
+        assert [r["severity"] for r in index_rows] == ["ok"]
+        assert len(receiver.wait("db_bytes critical")) == 1  # still critical: no second notification
+        receiver.wait("no database-health run for 26 hours", timeout_s=120)
+    finally:
+        receiver.close()
