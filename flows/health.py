@@ -211,9 +211,22 @@ def publish(report: health.HealthReport, report_dir: Path, history: History) -> 
     )
     create_table_artifact(
         key=f"liteshift-health-table-{report.key}",
-        table=health.table_rows(report),
+        table=with_trends(health.table_rows(report), report.key, history),
         description=f"Health findings of {Path(report.database).name}",
     )
+
+
+def with_trends(rows: list[dict[str, Any]], key: str, history: History) -> list[dict[str, Any]]:
+    """Each finding's row with the lowest and highest value the history holds for the last 7 and
+    30 days: whether a figure is new, creeping or back to normal."""
+    now = datetime.now(UTC)
+    for row in rows:
+        for days in (7, 30):
+            since = now - timedelta(days=days)
+            values = [v for _, v in history.series(key, row["metric"], row["object"], since)]
+            row[f"min_{days}d"] = round(min(values), 3) if values else None
+            row[f"max_{days}d"] = round(max(values), 3) if values else None
+    return rows
 
 
 def trend_png(report: health.HealthReport, report_dir: Path, history: History, days: int) -> Path:

@@ -199,3 +199,26 @@ def test_archive_command_moves_the_old_rows_and_a_rerun_moves_nothing(make_db, t
     archived.close()
     again = json.loads(_cli(*args, "--column", "started", "--before", "2025-01-01", "--json").stdout)
     assert again["deleted"] == 0
+
+
+def test_the_table_artifact_rows_carry_the_7_and_30_day_range(tmp_path) -> None:
+    from datetime import timedelta
+
+    from liteshift.flows.health import with_trends
+    from liteshift.history import History
+
+    history = History(tmp_path / "h.db")
+    now = datetime.now(UTC)
+    samples = [(now - timedelta(days=20), 10.0), (now - timedelta(days=3), 30.0), (now, 20.0)]
+    for at, value in samples:
+        history.add_samples("db-1", at, [("index_unused_pct", "idx_a", value)])
+    rows = with_trends(
+        [{"metric": "index_unused_pct", "object": "idx_a"}, {"metric": "x", "object": "y"}], "db-1", history
+    )
+    assert {k: rows[0][k] for k in ("min_7d", "max_7d", "min_30d", "max_30d")} == {
+        "min_7d": 20.0,
+        "max_7d": 30.0,
+        "min_30d": 10.0,
+        "max_30d": 30.0,
+    }
+    assert rows[1]["min_7d"] is None
