@@ -84,9 +84,11 @@ def migrate_database(
     require_approval: bool | None = None,
     approval_timeout_s: int | None = None,
     queue_timeout_s: float | None = None,
+    expected_host: str | None = None,
 ) -> RunReport:
     """Validate, back up, migrate, verify indexes, check integrity, check plans; roll back on failure."""
     cfg = RunConfig.from_parameters(locals())
+    guard.check_host(cfg.expected_host)  # a fleet run routed to the wrong worker opens nothing
     if is_deployment_run():  # before anything, even a report, is written
         guard.check_deployment_paths(cfg)
     tag_run(cfg.database)

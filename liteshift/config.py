@@ -80,6 +80,11 @@ class RunConfig(BaseModel):
     queue_timeout_s: float = Field(
         600.0, ge=0, description="Seconds to wait while another run migrates the same database."
     )
+    expected_host: str | None = Field(
+        None,
+        description="Refuse before opening the database unless the run executes on this host "
+        "($LITESHIFT_HOST_ID of its worker, else the machine's host name); migrate-fleet sets it.",
+    )
 
     @field_validator("database", "migrations_dir", "report_dir", "backup_dir")
     @classmethod

@@ -10,6 +10,7 @@ before comparing, and the check runs before anything is written.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from liteshift.config import RunConfig, default_migrations_dir, default_report_dir
@@ -54,6 +55,29 @@ def check_deployment_paths(cfg: RunConfig) -> None:
     require_under(cfg.backup_directory, "backup directory", roots)
     require_under(cfg.report_dir, "report directory", [*roots, default_report_dir()])
     require_under(cfg.migrations_dir, "migrations directory", [*roots, default_migrations_dir()])
+
+
+class WrongHost(BadInput):
+    """A run meant for one host's database reached a worker on another host."""
+
+
+HOST_ENV = "LITESHIFT_HOST_ID"
+
+
+def host_id() -> str:
+    """This process's host: $LITESHIFT_HOST_ID (set per worker by make up), else the host name."""
+    return os.environ.get(HOST_ENV) or socket.gethostname()
+
+
+def check_host(expected: str | None) -> None:
+    """Refuse a run that reached another host than the one holding its database file."""
+    if expected is not None and expected != host_id():
+        raise WrongHost(
+            f"This run is for host {expected!r} but runs on {host_id()!r}",
+            "its database file lives on that host; nothing was opened here",
+            f"route it to the work queue of {expected!r} (liteshift fleet does), or start the "
+            f"worker there with {HOST_ENV}={expected}",
+        )
 
 
 def check_rollback_paths(database: str, migrations_dir: Path | str, backup_path: str | None) -> None:

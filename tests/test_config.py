@@ -33,6 +33,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "require_approval": False,
         "approval_timeout_s": 3600,
         "queue_timeout_s": 600.0,
+        "expected_host": None,
     }
     assert cfg.backup_directory == Path(".")
 

@@ -13,6 +13,7 @@ from helpers import index_names, snapshot
 import liteshift.flows.migrate as flow_mod
 from liteshift import lock
 from liteshift.flows.concurrency import DatabaseBusy, limit_name, one_run_per_database
+from liteshift.guard import WrongHost
 from liteshift.window import OutsideWindow, WindowTooShort
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -97,3 +98,19 @@ def test_a_second_run_on_a_busy_database_is_refused_and_writes_nothing(make_db, 
         thread.join()
     after = snapshot(db)
     assert {k: v for k, v in after.items() if "liteshift_lock" not in k} == before
+
+
+def test_a_run_for_another_host_refuses_before_opening_the_database(
+    make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LITESHIFT_HOST_ID", "host-b")
+    db = make_db()
+    before = snapshot(db)
+    with pytest.raises(WrongHost) as err:
+        run(db, tmp_path, expected_host="host-a")
+    assert str(err.value) == (
+        "This run is for host 'host-a' but runs on 'host-b': its database file lives on that host; "
+        "nothing was opened here. Try: route it to the work queue of 'host-a' (liteshift fleet does), "
+        "or start the worker there with LITESHIFT_HOST_ID=host-a"
+    )
+    assert snapshot(db) == before and not (tmp_path / "reports").exists()
