@@ -31,9 +31,12 @@ test: lint typecheck
 
 # A local Prefect server (127.0.0.1:$PREFECT_PORT, default 4200), the process pool "liteshift",
 # its worker and the deployments; PIDs and logs in .run/. `make down` stops exactly those PIDs.
+# LITESHIFT_SERVER_DB=postgres: the server on a PostgreSQL cluster of its own (loopback, free port).
+# FLEET_MANIFEST=FILE: one worker per [hosts.NAME] table, on its queue (default liteshift-NAME).
 up: install
 	$(BIN)/python deployments/stack.py up
 
+# Stops every worker*.pid in .run/, then the server, then PostgreSQL when one was started.
 down:
 	$(BIN)/python deployments/stack.py down
 
@@ -43,6 +46,11 @@ automations: install
 
 clean:
 	rm -rf $(VENV) .prefect data reports build dist .mypy_cache .ruff_cache .pytest_cache
+
+# Fleet rollouts over three worker "hosts" on a real server: see docs/DEPLOYING.md, "Fleets".
+.PHONY: fleet
+fleet: install
+	$(BIN)/pytest -m fleet tests/e2e/test_fleet.py
 
 # The long reliability matrix (every kill point, concurrent writers): see docs/RELIABILITY.md.
 .PHONY: reliability

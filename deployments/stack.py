@@ -1,30 +1,52 @@
-"""`make up` / `make down`: a local Prefect server, a process work pool and worker, and the deployments.
+"""`make up` / `make down`: a local Prefect server, a process work pool and workers, and the deployments.
 
 Every process is started in its own session, its PID written to the run directory (`.run/` by
 default) and its output to a log there; `down` stops exactly those PIDs: TERM to the process
 group, a grace period (a worker may ignore TERM for 20 s and more), then KILL. The server
 listens on 127.0.0.1 only. The e2e tests drive the same functions.
+
+The server's database is SQLite in its PREFECT_HOME, or (`--server-db postgres`) a PostgreSQL
+cluster of its own on a free loopback port, started with pg_ctl and stopped after the server.
+With a fleet manifest, one worker per host polls that host's work queue.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
+import pwd
+import re
+import shlex
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
+import tomllib
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Literal, get_args
 
-from liteshift.flows.runtime import healthy
+from liteshift.flows.runtime import free_port, healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "liteshift"
 PREFECT_FILE = Path("deployments/prefect.yaml")
 ZOMBIE_AUTOMATION = Path("deployments/automations/zombie-runs.yaml")
+ServerDb = Literal["sqlite", "postgres"]
+# Debian keeps initdb and pg_ctl in versioned directories, off PATH.
+PG_LIB = Path("/usr/lib/postgresql")
+PG_USER = "postgres"
+PG_DATABASE = "prefect"
+# A host name becomes part of file names (worker-HOST.pid) and of the worker's name.
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class StackError(RuntimeError):
@@ -40,6 +62,8 @@ class Stack:
     root: Path = ROOT
     worker_poll_s: int = 5
     extra_env: tuple[tuple[str, str], ...] = ()  # more variables for every process (tests)
+    server_db: ServerDb = "sqlite"
+    fleet_manifest: Path | None = None  # TOML with [hosts.NAME] tables: one worker per host
 
     @property
     def api_url(self) -> str:
@@ -87,14 +111,16 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start(stack: Stack, name: str, args: list[str]) -> int:
-    """Start one process in its own session with output to <name>.log; write <name>.pid."""
+def start(stack: Stack, name: str, args: list[str], env: Mapping[str, str] | None = None) -> int:
+    """Start one process in its own session with output to <name>.log; write <name>.pid.
+
+    env: variables for this process only, on top of the stack's."""
     stack.run_dir.mkdir(parents=True, exist_ok=True)
     with (stack.run_dir / f"{name}.log").open("ab") as log:
         proc = subprocess.Popen(
             args,
             cwd=stack.root,
-            env=stack.env(),
+            env={**stack.env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -110,20 +136,24 @@ def stop_pid(pid: int, grace_s: float = 30.0) -> str:
         return "not running"
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not alive(pid):
-            return "stopped (TERM)"
-        time.sleep(0.2)
+    if _wait_gone(pid, grace_s):
+        return "stopped (TERM)"
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    for _ in range(50):
+    _wait_gone(pid, 5.0)
+    return "killed (KILL after TERM was ignored)"
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    """Wait up to timeout_s for pid to end; True when it has."""
+    deadline = time.monotonic() + timeout_s
+    while True:
         _reap(pid)
         if not alive(pid):
-            break
+            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
-    return "killed (KILL after TERM was ignored)"
 
 
 def _reap(pid: int) -> None:
@@ -154,6 +184,165 @@ def wait_healthy(stack: Stack, timeout_s: float = 90.0) -> float:
             return time.monotonic() - start_t
         time.sleep(0.5)
     raise StackError(f"prefect server not healthy after {timeout_s:g} s; see {stack.run_dir / 'server.log'}")
+
+
+def pg_bin(name: str) -> str:
+    """A PostgreSQL program: from PATH, else from the newest /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(PG_LIB.glob(f"*/bin/{name}"), key=lambda p: _version_key(p.parent.parent.name))
+    if versions:
+        return str(versions[-1])
+    raise StackError(
+        f"PostgreSQL's {name} was not found on PATH nor in {PG_LIB}/*/bin; install Debian's package "
+        "(apt-get install postgresql) or start the server on SQLite (unset LITESHIFT_SERVER_DB)"
+    )
+
+
+def _version_key(name: str) -> tuple[int, str]:
+    """Sort '9.6' < '15' < '16'."""
+    major = name.split(".")[0]
+    return (int(major) if major.isdigit() else -1, name)
+
+
+def _as_pg_owner() -> list[str]:
+    """The prefix that runs a command as the cluster's owner: initdb and postgres refuse root."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam(PG_USER)
+    except KeyError:
+        raise StackError(
+            f"initdb refuses to run as root and there is no '{PG_USER}' user; install Debian's package "
+            "(apt-get install postgresql), which creates it, or run make up as a normal user"
+        ) from None
+    runuser = shutil.which("runuser")
+    if not runuser:
+        raise StackError("runuser (util-linux) is needed to run PostgreSQL as its own user when root")
+    return [runuser, "-u", PG_USER, "--"]
+
+
+def pg_data_dir(stack: Stack) -> Path:
+    """PostgreSQL's data directory: <run dir>/postgres, or /var/tmp when its owner cannot reach that."""
+    if os.geteuid() != 0 or _reachable_by_others(stack.run_dir):
+        return stack.run_dir / "postgres"
+    # As root the cluster belongs to the postgres user, which cannot cross a private directory such
+    # as /root or /tmp/pytest-of-root; hashing the run dir keeps the place stable for the next `up`.
+    digest = hashlib.sha256(str(stack.run_dir.resolve()).encode()).hexdigest()[:12]
+    return Path("/var/tmp") / f"liteshift-pg-{digest}"
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """True when every existing directory from / to path lets other users through (o+x)."""
+    for d in [path, *path.resolve().parents]:
+        with contextlib.suppress(FileNotFoundError):
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return False
+    return True
+
+
+def _init_pg_data(data: Path) -> None:
+    """initdb the cluster once; a later `make up` reuses it (PG_VERSION marks a finished initdb)."""
+    if (data / "PG_VERSION").exists():
+        return
+    as_owner = _as_pg_owner()
+    initdb = pg_bin("initdb")
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if as_owner:
+        owner = pwd.getpwnam(PG_USER)
+        os.chown(data, owner.pw_uid, owner.pw_gid)
+    args = ["-D", str(data), "-U", PG_USER, "--auth=trust", "--encoding=UTF8", "--locale=C"]
+    # cwd "/": the postgres user may not be allowed into the caller's working directory.
+    proc = subprocess.run([*as_owner, initdb, *args], capture_output=True, text=True, cwd="/")
+    if proc.returncode != 0:
+        raise StackError(
+            f"initdb {data} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            f"Try: remove {data} and run make up again"
+        )
+
+
+def _postmaster_pid(data: Path) -> int | None:
+    """The PID in data/postmaster.pid's first line, while PostgreSQL runs there."""
+    try:
+        return int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def start_postgres(stack: Stack) -> int:
+    """Start PostgreSQL on a free loopback port, create the prefect database, write postgres.pid;
+    return the port."""
+    data = pg_data_dir(stack)
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    _init_pg_data(data)
+    port = free_port()
+    log = stack.run_dir / "postgres.log"
+    sock = shlex.quote(str(data))
+    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1"
+    args = [*_as_pg_owner(), pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-w", "-t", "60", "start"]
+    with log.open("ab") as out:
+        # A file, not a pipe: the postmaster inherits it, and a pipe would keep run() waiting.
+        proc = subprocess.run(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd="/",
+            start_new_session=True,
+        )
+    pid = _postmaster_pid(data)
+    if proc.returncode != 0 or pid is None:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-5:])
+        raise StackError(
+            f"PostgreSQL did not start in {data} (pg_ctl exit {proc.returncode}):\n{tail}see {log}"
+        )
+    stack.pidfile("postgres").write_text(f"{pid}\n")
+    _create_database(port)
+    return port
+
+
+def _create_database(port: int) -> None:
+    """Create the prefect database; on a reused cluster it is already there."""
+    args = ["-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, PG_DATABASE]
+    proc = subprocess.run(
+        [pg_bin("createdb"), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if proc.returncode != 0 and "already exists" not in proc.stderr:
+        raise StackError(f"createdb {PG_DATABASE} on 127.0.0.1:{port} failed:\n{proc.stderr}")
+
+
+def pg_url(port: int) -> str:
+    """The server's connection URL for the prefect database on 127.0.0.1:port."""
+    return f"postgresql+asyncpg://{PG_USER}@127.0.0.1:{port}/{PG_DATABASE}"
+
+
+def stop_postgres(stack: Stack, grace_s: float = 30.0) -> str:
+    """Stop the postmaster in postgres.pid: pg_ctl stop -m fast on its data dir, else TERM/KILL by PID."""
+    path = stack.pidfile("postgres")
+    if not path.exists():
+        return "no pid file"
+    pid = int(path.read_text().strip())
+    data = pg_data_dir(stack)
+    outcome = "not running"
+    # Only when the data dir's postmaster is ours: pg_ctl signals whatever postmaster.pid names.
+    if alive(pid) and _postmaster_pid(data) == pid and _pg_ctl_stop(data, grace_s) and _wait_gone(pid, 5.0):
+        outcome = "stopped (pg_ctl stop -m fast)"
+    elif alive(pid):
+        outcome = stop_pid(pid, grace_s)
+    path.unlink()
+    return f"pid {pid} {outcome}"
+
+
+def _pg_ctl_stop(data: Path, grace_s: float) -> bool:
+    """Fast shutdown (ends sessions, then checkpoints); True when pg_ctl says it stopped."""
+    try:
+        pg_ctl = [*_as_pg_owner(), pg_bin("pg_ctl")]
+    except StackError:
+        return False
+    args = ["-D", str(data), "-m", "fast", "-w", "-t", f"{grace_s:.0f}", "stop"]
+    proc = subprocess.run([*pg_ctl, *args], capture_output=True, stdin=subprocess.DEVNULL, cwd="/")
+    return proc.returncode == 0
 
 
 def prefect_cli(stack: Stack, *args: str, timeout_s: float = 300.0) -> str:
@@ -215,32 +404,103 @@ def _automation_ids(stack: Stack, name: str) -> list[str]:
     return proc.stdout.split()
 
 
+def read_hosts(manifest: Path) -> dict[str, str]:
+    """Host name -> work queue from a fleet manifest's [hosts.NAME] tables (queue: liteshift-NAME)."""
+    try:
+        with manifest.open("rb") as f:
+            hosts = tomllib.load(f).get("hosts", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise StackError(f"cannot read the fleet manifest {manifest}: {exc}") from None
+    if not isinstance(hosts, dict) or not hosts or not all(isinstance(t, dict) for t in hosts.values()):
+        raise StackError(f"{manifest} has no [hosts.NAME] tables; add one per host, or unset FLEET_MANIFEST")
+    _check_host_names(hosts)
+    return {name: str(table.get("queue", f"liteshift-{name}")) for name, table in hosts.items()}
+
+
+def _check_host_names(hosts: Mapping[str, object]) -> None:
+    """Refuse a host name that cannot be part of a file name (worker-HOST.pid)."""
+    for host in hosts:
+        if not HOST_NAME.fullmatch(host):
+            raise StackError(f"host name {host!r} is not usable: use letters, digits, '.', '_' and '-'")
+
+
+def create_queues(stack: Stack, queues: list[str]) -> None:
+    """Create work queues in the pool (one that exists is fine): a worker's queue must exist first."""
+    code = (
+        "import sys; from prefect import get_client; from prefect.exceptions import ObjectAlreadyExists\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    for q in sys.argv[2:]:\n"
+        "        try: c.create_work_queue(name=q, work_pool_name=sys.argv[1])\n"
+        "        except ObjectAlreadyExists: pass\n"
+    )
+    # One process for every queue: each `prefect work-queue create` costs an import of prefect.
+    proc = subprocess.run(
+        [sys.executable, "-c", code, POOL, *queues], env=stack.env(), capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise StackError(f"creating work queues {', '.join(queues)} failed:\n{proc.stdout}{proc.stderr}")
+
+
+def start_workers(stack: Stack, hosts: dict[str, str]) -> dict[str, int]:
+    """One process worker per host, polling only that host's queue; return host -> PID."""
+    _check_host_names(hosts)
+    create_queues(stack, sorted(set(hosts.values())))
+    pids: dict[str, int] = {}
+    for host, queue in hosts.items():
+        args = [stack.prefect, "worker", "start", "--pool", POOL, "--work-queue", queue]
+        # LITESHIFT_HOST_ID reaches the flow runs this worker starts: they know which host they are on.
+        env = {"LITESHIFT_HOST_ID": host}
+        pids[host] = start(stack, f"worker-{host}", [*args, "--name", f"liteshift-{host}"], env=env)
+    return pids
+
+
+def start_server(stack: Stack) -> float:
+    """Start PostgreSQL when asked, then the Prefect server; return the seconds to healthy."""
+    env: dict[str, str] = {}
+    if stack.server_db == "postgres":
+        port = start_postgres(stack)
+        print(f"postgres on 127.0.0.1:{port}, data in {pg_data_dir(stack)}")
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = pg_url(port)
+    args = [stack.prefect, "server", "start", "--host", "127.0.0.1", "--port", str(stack.port)]
+    start(stack, "server", args, env=env)
+    return wait_healthy(stack)
+
+
 def up(stack: Stack) -> None:
-    """Start the server, create the pool, deploy, install the automation, start the worker."""
-    server_pid = stack.pidfile("server")
-    if server_pid.exists() and alive(int(server_pid.read_text())):
-        raise StackError(f"already up (pid file {server_pid}); run 'make down' first")
+    """Start the server, create the pool, deploy, install the automation, start the workers."""
+    for name in ("server", "postgres"):
+        pidfile = stack.pidfile(name)
+        if pidfile.exists() and alive(int(pidfile.read_text())):
+            raise StackError(f"already up (pid file {pidfile}); run 'make down' first")
     if not port_free(stack.port):
         raise StackError(f"port {stack.port} on 127.0.0.1 is taken; set PREFECT_PORT to another port")
-    start(
-        stack, "server", [stack.prefect, "server", "start", "--host", "127.0.0.1", "--port", str(stack.port)]
-    )
+    # Read before anything starts: a bad manifest should not cost a server start and a deploy.
+    hosts = read_hosts(stack.fleet_manifest) if stack.fleet_manifest else None
     try:
-        print(f"server healthy in {wait_healthy(stack):.1f} s")
+        print(f"server on {stack.server_db} healthy in {start_server(stack):.1f} s")
         prefect_cli(stack, "work-pool", "create", POOL, "--type", "process", "--overwrite")
         prefect_cli(stack, "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE))
         install_automation(stack)
         print(install_alerts(stack))
-        start(stack, "worker", [stack.prefect, "worker", "start", "--pool", POOL])
+        if hosts:
+            for host, pid in start_workers(stack, hosts).items():
+                print(f"worker liteshift-{host} on queue {hosts[host]} (pid {pid})")
+        else:
+            start(stack, "worker", [stack.prefect, "worker", "start", "--pool", POOL])
     except BaseException:
         down(stack)
         raise
 
 
 def down(stack: Stack) -> None:
-    """Stop the worker, then the server, by their recorded PIDs."""
-    for name in ("worker", "server"):
-        print(f"{name}: {stop(stack, name)}")
+    """Stop the workers, then the server, then PostgreSQL, by their recorded PIDs."""
+    workers = sorted(p.stem for p in stack.run_dir.glob("worker*.pid")) or ["worker"]
+    # Together: each worker may ignore TERM for 20 s and more.
+    with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+        for name, outcome in zip(workers, pool.map(partial(stop, stack), workers), strict=True):
+            print(f"{name}: {outcome}")
+    print(f"server: {stop(stack, 'server')}")
+    print(f"postgres: {stop_postgres(stack)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,8 +509,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=["up", "down", "automations"])
     p.add_argument("--run-dir", type=Path, default=ROOT / ".run")
     p.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", "4200")))
+    p.add_argument(
+        "--server-db",
+        default=os.environ.get("LITESHIFT_SERVER_DB") or "sqlite",
+        help="the Prefect server's database: sqlite or postgres (default: $LITESHIFT_SERVER_DB, else sqlite)",
+    )
+    p.add_argument(
+        "--fleet-manifest",
+        type=Path,
+        default=os.environ.get("FLEET_MANIFEST") or None,
+        help="TOML with [hosts.NAME] tables: one worker per host (default: $FLEET_MANIFEST)",
+    )
     args = p.parse_args(argv)
-    stack = Stack(args.run_dir.resolve(), args.port)
+    # Checked here, not by choices=: argparse does not check a default taken from the environment.
+    if args.server_db not in get_args(ServerDb):
+        p.error(f"--server-db (or LITESHIFT_SERVER_DB) is {args.server_db!r}: use sqlite or postgres")
+    manifest = Path(args.fleet_manifest).resolve() if args.fleet_manifest else None
+    stack = Stack(args.run_dir.resolve(), args.port, server_db=args.server_db, fleet_manifest=manifest)
     try:
         if args.command == "up":
             up(stack)

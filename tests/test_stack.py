@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 
-from stack import Stack, alive, port_free, start, stop
+import pytest
+import stack as stack_module
+from stack import (
+    Stack,
+    StackError,
+    alive,
+    main,
+    pg_bin,
+    pg_data_dir,
+    port_free,
+    read_hosts,
+    start,
+    start_workers,
+    stop,
+    stop_postgres,
+)
 
 from liteshift.flows.runtime import free_port
 
@@ -50,3 +67,98 @@ def test_stop_escalates_to_kill_when_term_is_ignored(tmp_path):
 
 def test_port_probe(tmp_path):
     assert port_free(free_port())
+
+
+def test_start_gives_extra_variables_to_that_process_only(tmp_path):
+    stack = _stack(tmp_path)
+    code = "import os; print('ready', os.environ.get('LITESHIFT_HOST_ID'), flush=True)"
+    start(stack, "with", [sys.executable, "-c", code], env={"LITESHIFT_HOST_ID": "alpha"})
+    start(stack, "without", [sys.executable, "-c", code])
+    for name in ("with", "without"):
+        _wait_ready(stack.run_dir / f"{name}.log")
+    assert (stack.run_dir / "with.log").read_text().split() == ["ready", "alpha"]
+    assert (stack.run_dir / "without.log").read_text().split() == ["ready", "None"]
+    assert "LITESHIFT_HOST_ID" not in stack.env()
+
+
+def test_read_hosts_defaults_each_queue_to_liteshift_host(tmp_path):
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text('[defaults]\nx = 1\n\n[hosts.alpha]\nqueue = "q-alpha"\n\n[hosts."db-2.local"]\n')
+    assert read_hosts(manifest) == {"alpha": "q-alpha", "db-2.local": "liteshift-db-2.local"}
+
+
+def test_read_hosts_refuses_a_manifest_without_hosts(tmp_path):
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text("[defaults]\nx = 1\n")
+    with pytest.raises(StackError) as exc:
+        read_hosts(manifest)
+    assert str(exc.value) == (
+        f"{manifest} has no [hosts.NAME] tables; add one per host, or unset FLEET_MANIFEST"
+    )
+    with pytest.raises(StackError, match=r"^cannot read the fleet manifest .*missing\.toml"):
+        read_hosts(tmp_path / "missing.toml")
+
+
+def test_start_workers_refuses_a_host_name_unfit_for_a_file_name_before_starting_anything(tmp_path):
+    stack = _stack(tmp_path)
+    with pytest.raises(StackError) as exc:
+        start_workers(stack, {"ok": "q", "../etc": "q2"})
+    assert str(exc.value) == "host name '../etc' is not usable: use letters, digits, '.', '_' and '-'"
+    assert not stack.run_dir.exists()
+
+
+def test_missing_postgresql_names_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(stack_module, "PG_LIB", tmp_path / "postgresql")
+    with pytest.raises(StackError) as exc:
+        pg_bin("initdb")
+    assert str(exc.value) == (
+        f"PostgreSQL's initdb was not found on PATH nor in {tmp_path / 'postgresql'}/*/bin; install "
+        "Debian's package (apt-get install postgresql) or start the server on SQLite "
+        "(unset LITESHIFT_SERVER_DB)"
+    )
+
+
+def test_pg_bin_takes_the_newest_debian_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(stack_module, "PG_LIB", tmp_path)
+    for version in ("9.6", "15", "16"):
+        (tmp_path / version / "bin").mkdir(parents=True)
+        (tmp_path / version / "bin" / "pg_ctl").touch()
+    assert pg_bin("pg_ctl") == str(tmp_path / "16" / "bin" / "pg_ctl")
+
+
+def test_pg_data_dir_is_where_the_postgres_user_can_reach_it(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    stack = Stack(run_dir=private / "run", port=1)
+    if os.geteuid() == 0:
+        # The postgres user cannot cross a 0700 directory: a stable place in /var/tmp instead.
+        assert pg_data_dir(stack).parent == Path("/var/tmp")
+        assert pg_data_dir(stack).name.startswith("liteshift-pg-")
+        assert pg_data_dir(stack) == pg_data_dir(Stack(run_dir=private / "run", port=2))
+        assert pg_data_dir(stack) != pg_data_dir(Stack(run_dir=private / "other", port=1))
+    else:
+        assert pg_data_dir(stack) == private / "run" / "postgres"
+
+
+def test_stop_postgres_stops_by_pid_when_the_data_dir_names_another_postmaster(tmp_path):
+    stack = _stack(tmp_path)
+    # Whatever postgres.pid names, pg_ctl is only used when the data dir's postmaster.pid agrees.
+    pid = start(
+        stack, "postgres", [sys.executable, "-c", "print('ready', flush=True); import time; time.sleep(60)"]
+    )
+    _wait_ready(stack.run_dir / "postgres.log")
+    assert stop_postgres(stack) == f"pid {pid} stopped (TERM)"
+    assert not alive(pid) and not stack.pidfile("postgres").exists()
+    assert stop_postgres(stack) == "no pid file"
+
+
+def test_main_refuses_an_unknown_server_db(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LITESHIFT_SERVER_DB", "mysql")
+    with pytest.raises(SystemExit) as exc:
+        main(["down", "--run-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert (
+        "--server-db (or LITESHIFT_SERVER_DB) is 'mysql': use sqlite or postgres" in capsys.readouterr().err
+    )
