@@ -116,6 +116,31 @@ def _parser() -> argparse.ArgumentParser:
     cut.add_argument("--older-than", help="a cutoff relative to today: '18 months', '90 days'")
     archive.add_argument("--maintenance-window", help="refuse outside it; stop when it closes")
     archive.set_defaults(func=cmd_archive)
+
+    fl = sub.add_parser("fleet", help="one migration over many databases on several hosts (a Prefect server)")
+    fl.add_argument("action", choices=["plan", "run", "status"])
+    fl.add_argument("--manifest", required=True, type=Path, help="TOML: one [hosts.NAME] table per host")
+    fl.add_argument("--fleet-id", required=True, help="names the plan file and tags every child run")
+    fl.add_argument("--canary", default="1", help="a count, or comma-separated host:path keys (default 1)")
+    fl.add_argument("--waves", default="100%", help="cumulative shares after the canary, e.g. 5%%,25%%,100%%")
+    fl.add_argument("--max-failures", type=int, help="halt the waves when this many databases failed")
+    fl.add_argument(
+        "--max-failure-rate", type=float, help="halt when this share (0-1) of finished ones failed"
+    )
+    fl.add_argument(
+        "--migrations", dest="migrations_dir", help="migrations directory (default: manifest, env)"
+    )
+    fl.add_argument("--plan-dir", type=Path, help="where fleet-ID.json goes (default: the report directory)")
+    fl.add_argument("--approve-after-canary", action="store_true", help="pause for a person after the canary")
+    fl.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a migrate-database parameter for every database (JSON value or text), repeatable",
+    )
+    fl.add_argument("--json", action="store_true", help="print one JSON object")
+    fl.set_defaults(func=cmd_fleet)
     return p
 
 
@@ -411,13 +436,70 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """plan: write and show the plan; run: the migrate-fleet flow; status: each database's state."""
+    canary: int | list[str] = int(args.canary) if args.canary.isdigit() else args.canary.split(",")
+    params = {
+        "manifest": str(args.manifest),
+        "fleet_id": args.fleet_id,
+        "migrations_dir": args.migrations_dir,
+        "canary": canary,
+        "waves": args.waves,
+        "max_failures": args.max_failures,
+        "max_failure_rate": args.max_failure_rate,
+        "plan_dir": None if args.plan_dir is None else str(args.plan_dir),
+    }
+    if args.action == "run":
+        params["approve_after_canary"] = args.approve_after_canary
+        params["parameters"] = _child_parameters(args.param)
+        counts = _in_flow("fleet", "migrate_fleet", params)
+        done = ", ".join(f"{v} {k}" for k, v in counts.items())
+        print(json.dumps(counts) if args.json else f"Fleet {args.fleet_id} done: {done}")
+        return EXIT_OK
+    from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
+
+    configure_prefect()
+    api = connect_api()
+    from liteshift.flows import fleet as fleet_flow
+
+    api.wait()
+    with command_settings(api):
+        plan = fleet_flow.load_or_make_plan(
+            args.manifest,
+            args.fleet_id,
+            args.migrations_dir,
+            canary,
+            args.waves,
+            args.max_failures,
+            args.max_failure_rate,
+            None if args.plan_dir is None else str(args.plan_dir),
+        )
+        children = fleet_flow.adopt(plan) if args.action == "status" else None
+    print(fleet_flow.describe(plan, children, args.json))
+    return EXIT_OK
+
+
+def _child_parameters(pairs: list[str]) -> dict[str, Any]:
+    """--param NAME=VALUE pairs, each checked against RunConfig (the child's parameters)."""
+    values: dict[str, Any] = {}
+    for text in pairs:
+        name, value = _pair(text)
+        try:
+            values[name] = json.loads(value)
+        except json.JSONDecodeError:
+            values[name] = value
+    RunConfig.from_parameters({"database": "x.db", **values})  # names and types, before any run
+    return values
+
+
 def _in_flow(module: str, name: str, params: dict[str, Any]) -> Any:
     """Run one of liteshift's flows on the configured API (or an embedded one)."""
     import importlib
 
     from liteshift.db import check_is_sqlite_file
 
-    check_is_sqlite_file(Path(params["database"]))
+    if "database" in params:  # one message, before Prefect starts, for a wrong path
+        check_is_sqlite_file(Path(params["database"]))
     from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
 
     configure_prefect()

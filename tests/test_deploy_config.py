@@ -19,6 +19,7 @@ from liteshift.config import RunConfig
 from liteshift.errors import BadInput
 from liteshift.flows.archive import archive_rows
 from liteshift.flows.concurrency import GRACE_S, POLL_S, limit_name, orphan_grace_s, slot_orphaned
+from liteshift.flows.fleet import inventory_host, migrate_fleet
 from liteshift.flows.health import check_database_health
 from liteshift.flows.maintenance import maintain_database
 from liteshift.flows.migrate import migrate_database
@@ -71,7 +72,18 @@ def _deployments() -> dict[str, dict]:
 
 def test_prefect_yaml_declares_the_deployments():
     deps = _deployments()
-    assert set(deps) == {"maintenance-window", "adhoc", "by-hand", "hourly", "daily", "repair", "phase-3"}
+    assert set(deps) == {
+        "maintenance-window",
+        "adhoc",
+        "by-hand",
+        "hourly",
+        "daily",
+        "repair",
+        "phase-3",
+        "fleet",
+        "host",
+        "rollout",
+    }
     assert deps["maintenance-window"]["schedules"] == [
         {"cron": "0 2 * * 0", "timezone": "Europe/Berlin", "active": True}
     ]
@@ -89,6 +101,8 @@ def test_prefect_yaml_entrypoints_name_the_flows():
         "liteshift.flows.health:check_database_health": check_database_health,
         "liteshift.flows.maintenance:maintain_database": maintain_database,
         "liteshift.flows.archive:archive_rows": archive_rows,
+        "liteshift.flows.fleet:migrate_fleet": migrate_fleet,
+        "liteshift.flows.fleet:inventory_host": inventory_host,
     }
     for dep in deps.values():
         flow = load_flow_from_entrypoint(dep["entrypoint"])
@@ -102,6 +116,9 @@ def _required(name: str) -> dict[str, object]:
         "adhoc": {"database": "x.db"},
         "by-hand": {"database": "x.db"},
         "repair": {"database": "x.db", "action": "analyze"},
+        "fleet": {"database": "x.db"},
+        "host": {"host": "a", "patterns": ["/srv/*.db"], "fleet_id": "f"},
+        "rollout": {"manifest": "fleet.toml", "fleet_id": "f"},
     }.get(name, {})
 
 

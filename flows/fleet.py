@@ -1,0 +1,447 @@
+"""The `migrate-fleet` flow: one migration over many SQLite files on several hosts, on Prefect's
+own machinery: each database is a `migrate-database` run sent to the work queue of the host that
+holds it (run_deployment, as a subflow), canary first, then waves, halted by failures.
+
+liteshift.fleet decides (plan, waves, outcome of a run, when to halt); this module only talks to
+Prefect. A rerun with the same fleet id reads the plan, finds the child runs by tag, adopts the
+running ones and starts only what is missing: idempotency keys make a second run for a database
+impossible even when the parent died between starting a child and recording it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import flow, get_client, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Cancelled
+
+from liteshift import fleet, guard
+from liteshift.config import default_migrations_dir, default_report_dir
+from liteshift.errors import BadInput, MigrationError
+from liteshift.flows.approval import ask_approval
+
+CHILD_DEPLOYMENT = "migrate-database/fleet"
+INVENTORY_DEPLOYMENT = "fleet-inventory/host"
+LIVE_WORKER_S = 120.0  # a queue whose last poll is older has no live worker
+POLL_S = 2.0
+RETRY = ("crashed", "deferred", "unreached")  # outcomes a resume (or the one crash retry) runs again
+
+
+class QueuesNotServed(BadInput):
+    """A host's work queue has no live worker: its runs would wait for ever."""
+
+
+class FleetHalted(MigrationError):
+    """The fleet stopped: a canary failed, or failures reached the threshold."""
+
+
+@dataclass
+class Child:
+    """The newest run of one database in this fleet, and how many it had."""
+
+    target: fleet.Target
+    wave: str
+    run: FlowRun | None = None
+    outcome: fleet.Outcome = "pending"
+    attempts: int = 0
+    started: float = 0.0
+    seconds: float | None = None
+    error: str = ""
+
+
+def _tag(key: str) -> str:
+    return "fleetdb-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@flow(name="migrate-fleet", flow_run_name="fleet-{fleet_id}", log_prints=False)
+def migrate_fleet(
+    manifest: str,
+    fleet_id: str,
+    migrations_dir: str | None = None,
+    canary: int | list[str] = 1,
+    waves: str = "100%",
+    max_failures: int | None = None,
+    max_failure_rate: float | None = None,
+    approve_after_canary: bool = False,
+    approval_timeout_s: int = 3600,
+    child_timeout_s: float = 1800.0,
+    plan_dir: str | None = None,
+    deployment: str = CHILD_DEPLOYMENT,
+    parameters: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Plan (or read the plan), check every queue is served, then the canary and the waves."""
+    log = get_run_logger()
+    plan = load_or_make_plan(
+        Path(manifest),
+        fleet_id,
+        migrations_dir,
+        canary,
+        waves,
+        max_failures,
+        max_failure_rate,
+        plan_dir,
+        child_timeout_s,
+    )
+    check_queues(sorted({t.queue for t in plan.targets}))
+    children = adopt(plan)
+    board = Board(plan, children)
+    for wave, keys in plan.stages():
+        for key in keys:
+            child = children[key]
+            if child.outcome in (*RETRY, "pending") and not _active(child):
+                start_child(plan, child, deployment, parameters or {})
+        wait_wave(children, keys, child_timeout_s, board, plan, deployment, parameters or {})
+        reason = fleet.should_halt(plan, wave, {k: c.outcome for k, c in children.items()})
+        if reason:
+            cancel_not_started(children)
+            board.publish(final=True)
+            raise FleetHalted(
+                f"Fleet {fleet_id} halted in the {wave}",
+                reason,
+                f"fix what failed (see the table artifact), then resume with: "
+                f"{fleet.resume_hint(fleet_id, manifest)}",
+            )
+        log.info("%s done: %s", wave, board.counts())
+        if wave == "canary" and approve_after_canary and plan.waves:
+            summary = f"# Fleet {fleet_id}: the canary finished\n\n" + "".join(
+                f"- {children[k].target.key}: {children[k].outcome}\n" for k in plan.canary
+            )
+            ask_approval(summary, Path(f"fleet {fleet_id}"), approval_timeout_s)
+    board.publish(final=True)
+    return board.counts()
+
+
+def load_or_make_plan(
+    manifest: Path,
+    fleet_id: str,
+    migrations_dir: str | None,
+    canary: int | list[str],
+    waves: str,
+    max_failures: int | None,
+    max_failure_rate: float | None,
+    plan_dir: str | None,
+    timeout_s: float = 300.0,
+) -> fleet.Plan:
+    """The fleet's plan file when it exists (a resume keeps its plan), else a new one, written."""
+    directory = Path(plan_dir) if plan_dir else default_report_dir()
+    existing = fleet.read_plan(directory, fleet_id)
+    if existing is not None:
+        return existing
+    spec = fleet.load_manifest(manifest)
+    plan = fleet.make_plan(
+        fleet_id,
+        fleet.inventory(spec, lambda host: inventory_on_host(host, spec, fleet_id, timeout_s)),
+        canary=canary,
+        waves=[w.strip() for w in waves.split(",")],
+        max_failures=max_failures,
+        max_failure_rate=max_failure_rate,
+        migrations_dir=str(migrations_dir or spec.migrations_dir or default_migrations_dir()),
+        manifest=str(manifest),
+    )
+    fleet.write_plan(plan, directory)
+    return plan
+
+
+def inventory_on_host(host: fleet.Host, spec: fleet.Manifest, fleet_id: str, timeout_s: float) -> list[str]:
+    """A host's database paths: globbed here, or (inventory = true) by a run on its own queue,
+    which reads its own disk and hands the list back as a table artifact."""
+    if not host.inventory:
+        return fleet.glob_paths(host.paths, spec.path.parent)
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    check_queues([host.queue])
+    run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: a FlowRun
+        INVENTORY_DEPLOYMENT,
+        parameters={"host": host.name, "patterns": list(host.paths), "fleet_id": fleet_id},
+        work_queue_name=host.queue,
+        timeout=timeout_s,
+        tags=["liteshift", f"fleet-{fleet_id}-inventory"],
+        as_subflow=True,
+    )
+    if run.state is None or not run.state.is_completed():
+        raise BadInput(
+            f"The inventory of host {host.name} did not finish",
+            f"its run {run.id} is {run.state.name if run.state else 'unknown'} after {timeout_s:.0f} s",
+            f"check the worker of queue {host.queue}, then run again",
+        )
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    data = next(a.data for a in found if a.key == f"liteshift-inventory-{fleet_id}-{host.name}")
+    rows: list[dict[str, Any]] = (
+        json.loads(data) if isinstance(data, str) else cast(list[dict[str, Any]], data)
+    )
+    return [str(r["path"]) for r in rows]
+
+
+@flow(name="fleet-inventory", flow_run_name="inventory-{host}", log_prints=False)
+def inventory_host(host: str, patterns: list[str], fleet_id: str) -> list[str]:
+    """On the host itself: glob its disk for the fleet's databases (absolute patterns)."""
+    guard.check_host(host)
+    paths = fleet.glob_paths(patterns, Path("/"))
+    create_table_artifact(
+        key=f"liteshift-inventory-{fleet_id}-{host}",
+        table=[{"path": p} for p in paths],
+        description=f"Databases of host {host} for fleet {fleet_id}",
+    )
+    return paths
+
+
+def check_queues(queues: list[str], pool: str = "liteshift", grace_s: float = 30.0) -> None:
+    """Refuse before the first wave when a queue has no worker that polled it lately (after a
+    short grace: workers started a moment ago, by `make up`, have not polled yet)."""
+    deadline = time.time() + grace_s
+    while True:
+        idle = _idle_queues(queues, pool)
+        if not idle:
+            return
+        if time.time() > deadline:
+            break
+        time.sleep(POLL_S)
+    raise QueuesNotServed(
+        "Some hosts' work queues have no live worker",
+        f"{', '.join(idle)}; their runs would wait for ever; nothing was started",
+        f"start a worker per host (make up FLEET_MANIFEST=FILE, or prefect worker start --pool {pool} "
+        "--work-queue QUEUE on that host), then run again",
+    )
+
+
+def _idle_queues(queues: list[str], pool: str) -> list[str]:
+    from prefect.exceptions import ObjectNotFound
+
+    idle = []
+    with get_client(sync_client=True) as client:
+        for name in queues:
+            try:
+                queue = client.read_work_queue_by_name(name, work_pool_name=pool)
+            except ObjectNotFound:
+                idle.append(f"{name} (does not exist)")
+                continue
+            polled = queue.last_polled.timestamp() if queue.last_polled else None
+            if polled is None or time.time() - polled > LIVE_WORKER_S:
+                ago = "never" if polled is None else f"{time.time() - polled:.0f} s ago"
+                idle.append(f"{name} (last polled {ago})")
+    return idle
+
+
+def adopt(plan: fleet.Plan) -> dict[str, Child]:
+    """Every target with the newest existing child run of this fleet (found by tag), if any."""
+    children = {t.key: Child(t, plan.wave_of(t.key)) for t in plan.targets}
+    by_tag = {_tag(k): c for k, c in children.items()}
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:  # the API pages at 200
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"fleet-{plan.fleet_id}"])),
+                limit=200,
+                offset=offset,
+            )
+            for run in runs:
+                child = next((by_tag[t] for t in run.tags if t in by_tag), None)
+                if child is None:
+                    continue
+                child.attempts += 1
+                if child.run is None or (
+                    run.created and child.run.created and run.created > child.run.created
+                ):
+                    child.run = run
+            if len(runs) < 200:
+                break
+            offset += 200
+    for child in children.values():
+        if child.run is not None:
+            _refresh(child, child.run)
+    return children
+
+
+def _active(child: Child) -> bool:
+    return child.run is not None and child.outcome in ("pending", "running")
+
+
+def start_child(plan: fleet.Plan, child: Child, deployment: str, parameters: dict[str, Any]) -> None:
+    """One migrate-database run on the host's queue; the key makes a second one impossible."""
+    from prefect.deployments import run_deployment
+
+    t = child.target
+    run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: a FlowRun
+        deployment,
+        parameters={
+            **parameters,
+            "database": t.path,
+            "migrations_dir": plan.migrations_dir,
+            "expected_host": t.host,
+        },
+        work_queue_name=t.queue,
+        idempotency_key=f"{plan.fleet_id}:{t.key}:{child.attempts}",
+        tags=["liteshift", f"fleet-{plan.fleet_id}", _tag(t.key), f"host-{t.host}"],
+        timeout=0,
+        as_subflow=True,
+    )
+    child.attempts += 1
+    child.run, child.outcome, child.started = run, "pending", time.time()
+    child.seconds, child.error = None, ""
+
+
+def _refresh(child: Child, run: FlowRun) -> None:
+    state = run.state
+    child.run = run
+    if state is None:
+        return
+    child.outcome = fleet.classify(state.type.value, state.name or "", state.message)
+    if child.outcome not in ("pending", "running"):
+        child.error = "" if child.outcome == "completed" else (state.message or state.name or "")
+        if run.start_time and run.end_time:
+            child.seconds = (run.end_time - run.start_time).total_seconds()
+
+
+def wait_wave(
+    children: dict[str, Child],
+    keys: list[str],
+    timeout_s: float,
+    board: Board,
+    plan: fleet.Plan,
+    deployment: str,
+    parameters: dict[str, Any],
+) -> None:
+    """Poll the wave's runs until each has an outcome; a crash is retried once; a run still
+    waiting after timeout_s is cancelled (unreached)."""
+    deadline = time.time() + timeout_s
+    retried: set[str] = set()
+    while True:
+        waiting = [children[k] for k in keys if children[k].outcome in ("pending", "running")]
+        with get_client(sync_client=True) as client:
+            for child in waiting:
+                assert child.run is not None
+                _refresh(child, client.read_flow_run(child.run.id))
+        for key in keys:
+            child = children[key]
+            if child.outcome == "crashed" and key not in retried:
+                retried.add(key)
+                start_child(plan, child, deployment, parameters)
+            elif child.outcome == "crashed":
+                child.outcome = "failed"  # crashed twice: counted as a failure
+        board.publish()
+        if not [k for k in keys if children[k].outcome in ("pending", "running")]:
+            return
+        if time.time() > deadline:
+            for child in (children[k] for k in keys if children[k].outcome == "pending"):
+                _cancel(child)
+            if not [k for k in keys if children[k].outcome == "running"]:
+                return
+        time.sleep(POLL_S)
+
+
+def _cancel(child: Child) -> None:
+    if child.run is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(child.run.id, Cancelled(message="not started before the fleet's timeout"))
+    child.outcome, child.error = "unreached", "cancelled: still waiting for a worker at the timeout"
+
+
+def cancel_not_started(children: dict[str, Child]) -> None:
+    """On halt: runs still waiting for a worker are cancelled; running ones finish."""
+    for child in children.values():
+        if child.outcome == "pending" and child.run is not None:
+            _cancel(child)
+
+
+def describe(plan: fleet.Plan, children: dict[str, Child] | None, as_json: bool) -> str:
+    """The plan (and, for status, each database's newest run) as text or one JSON object."""
+    rows = []
+    for t in plan.targets:
+        child = children[t.key] if children else None
+        rows.append(
+            {
+                "database": t.key,
+                "wave": plan.wave_of(t.key),
+                "state": child.outcome if child else None,
+                "attempts": child.attempts if child else None,
+                "run": str(child.run.id) if child and child.run else None,
+            }
+        )
+    if as_json:
+        return json.dumps({"fleet_id": plan.fleet_id, "digest": plan.digest(), "databases": rows})
+    hosts: dict[str, int] = {}
+    for t in plan.targets:
+        hosts[t.host] = hosts.get(t.host, 0) + 1
+    lines = [
+        f"Fleet {plan.fleet_id}: {len(plan.targets)} databases on {len(hosts)} hosts "
+        f"({', '.join(f'{h} {n}' for h, n in sorted(hosts.items()))}); plan digest {plan.digest()[:16]}",
+        f"canary {len(plan.canary)}, then waves of {', '.join(str(len(w)) for w in plan.waves) or 'none'}",
+    ]
+    lines += [f"  {r['wave']:<8} {r['state'] or '':<10} {r['database']}" for r in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Board:
+    """The progress and table artifacts of the fleet, rewritten as runs finish."""
+
+    plan: fleet.Plan
+    children: dict[str, Child]
+    progress_id: UUID | None = None
+    shown: dict[str, fleet.Outcome] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for c in self.children.values():
+            found[c.outcome] = found.get(c.outcome, 0) + 1
+        return found
+
+    def publish(self, final: bool = False) -> None:
+        done = sum(c.outcome not in ("pending", "running") for c in self.children.values())
+        pct = round(100.0 * done / max(1, len(self.children)), 1)
+        if self.progress_id is None:
+            self.progress_id = create_progress_artifact(  # type: ignore[assignment]
+                pct, key=f"liteshift-fleet-{self.plan.fleet_id}", description="databases finished"
+            )
+        else:
+            update_progress_artifact(self.progress_id, pct)
+        now = {k: c.outcome for k, c in self.children.items()}
+        if now == self.shown and not final:
+            return
+        self.shown = now
+        create_table_artifact(
+            key=f"liteshift-fleet-table-{self.plan.fleet_id}",
+            table=[self.row(c) for c in self.children.values()],
+            description=f"Fleet {self.plan.fleet_id}: one row per database",
+        )
+        if final:
+            lines = [f"# Fleet {self.plan.fleet_id}", "", f"Plan digest `{self.plan.digest()}`", ""]
+            lines += [f"- {outcome}: {n}" for outcome, n in sorted(self.counts().items())]
+            create_markdown_artifact(
+                key=f"liteshift-fleet-summary-{self.plan.fleet_id}",
+                markdown="\n".join(lines) + "\n",
+                description=f"Fleet {self.plan.fleet_id}: summary",
+            )
+
+    def row(self, c: Child) -> dict[str, Any]:
+        from prefect.settings import PREFECT_UI_URL
+
+        ui = PREFECT_UI_URL.value()
+        return {
+            "database": c.target.path,
+            "host": c.target.host,
+            "wave": c.wave,
+            "state": c.outcome,
+            "seconds": None if c.seconds is None else round(c.seconds, 1),
+            "error": c.error[:300],
+            "run": f"{ui}/runs/flow-run/{c.run.id}" if c.run is not None and ui else "",
+        }

@@ -1,0 +1,266 @@
+"""Fleets end to end: a real server, three "hosts" (a directory, a work queue and a process worker
+with its own LITESHIFT_HOST_ID each), and `liteshift fleet run` as a user types it.
+
+The migration is tests/fixtures/unique_over_duplicates (a UNIQUE index on author_email): a
+database with duplicate e-mails fails after its backup and is rolled back, the others complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from stack import ROOT, Stack, create_queues, down, start, stop, up
+
+from liteshift.flows.runtime import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fleet]
+
+HOSTS = ("a", "b", "c")
+MIGRATIONS = ROOT / "tests" / "fixtures" / "unique_over_duplicates"
+INDEX = "idx_worklogs_author_unique"
+
+
+def _db(path: Path, duplicates: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("CREATE TABLE worklogs (id INTEGER PRIMARY KEY, author_email TEXT)")
+    emails = [f"user{i % 5 if duplicates else i}@example.com" for i in range(20)]
+    con.executemany("INSERT INTO worklogs (author_email) VALUES (?)", [(e,) for e in emails])
+    con.close()
+    return path
+
+
+def _has_index(path: Path) -> bool:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT count(*) FROM sqlite_schema WHERE name = ?", (INDEX,)).fetchone()[0] == 1
+    finally:
+        con.close()
+
+
+def _manifest(root: Path, scenario: str, per_host: int = 2, bad: tuple[str, ...] = ()) -> Path:
+    """A scenario's databases, per_host on each host, and its manifest; `bad` names
+    host/NNN databases made with duplicates."""
+    for host in HOSTS:
+        for i in range(per_host):
+            _db(root / scenario / host / f"{i:03d}.db", duplicates=f"{host}/{i:03d}" in bad)
+    text = f'migrations = "{MIGRATIONS}"\n' + "".join(
+        f'[hosts.{h}]\npaths = ["{root / scenario / h}/*.db"]\n' for h in HOSTS
+    )
+    path = root / f"{scenario}.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fleet")
+
+
+@pytest.fixture(scope="module")
+def stack(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Server and one worker per host of a manifest, stopped by PID at the end."""
+    hosts = workdir / "hosts.toml"
+    hosts.write_text("".join(f'[hosts.{h}]\npaths = ["{workdir}/*.none"]\n' for h in HOSTS))
+    roots = ("LITESHIFT_ALLOWED_ROOTS", os.pathsep.join([str(workdir), str(MIGRATIONS)]))
+    s = Stack(
+        run_dir=tmp_path_factory.mktemp("fleet-stack"),
+        port=free_port(),
+        worker_poll_s=1,
+        extra_env=(roots,),
+        fleet_manifest=hosts,
+    )
+    try:
+        up(s)
+        yield s
+    finally:
+        down(s)
+        for log in sorted(s.run_dir.glob("worker*.log")):
+            print(f"--- tail of {log.name}\n{log.read_text(errors='replace')[-2000:]}")
+
+
+def fleet(stack: Stack, manifest: Path, fleet_id: str, *args: str, wait: bool = True) -> Any:
+    """`liteshift fleet run` against the stack; (exit code, stdout + stderr) or the process."""
+    cmd = [
+        str(Path(sys.executable).with_name("liteshift")),
+        "fleet",
+        "run",
+        "--manifest",
+        str(manifest),
+        "--fleet-id",
+        fleet_id,
+        "--plan-dir",
+        str(manifest.parent / "plans"),
+        "--param",
+        "retries=0",
+        "--param",
+        "busy_timeout_ms=500",
+        "--param",
+        "bench_budget_s=0",
+        *args,
+    ]
+    if not wait:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=stack.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+    done = subprocess.run(cmd, cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def children(stack: Stack, fleet_id: str) -> list[dict[str, Any]]:
+    r = httpx.post(
+        f"{stack.api_url}/flow_runs/filter",
+        json={"flow_runs": {"tags": {"all_": [f"fleet-{fleet_id}"]}}, "limit": 200},
+        timeout=30,
+    )
+    r.raise_for_status()
+    return [run for run in r.json() if run["name"] != f"fleet-{fleet_id}"]
+
+
+def _per_database(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for run in runs:
+        found.setdefault(run["parameters"]["database"], []).append(run["state_type"])
+    return found
+
+
+def test_every_database_is_migrated_by_exactly_one_run_and_a_rerun_is_a_noop(
+    stack: Stack, workdir: Path
+) -> None:
+    manifest = _manifest(workdir, "all-good")
+    code, out = fleet(stack, manifest, "all-good", "--waves", "50%,100%", "--json")
+    assert code == 0, out
+    assert json.loads(out.strip().splitlines()[-1]) == {"completed": 6}
+    dbs = sorted((workdir / "all-good").rglob("*.db"))
+    assert len(dbs) == 6 and all(_has_index(db) for db in dbs)
+    runs = _per_database(children(stack, "all-good"))
+    assert {k: v for k, v in runs.items()} == {str(db): ["COMPLETED"] for db in dbs}
+    code, out = fleet(stack, manifest, "all-good", "--json")
+    assert code == 0, out
+    assert len(children(stack, "all-good")) == 6  # nothing started again
+
+
+def test_a_failing_canary_halts_the_fleet_and_is_rolled_back(stack: Stack, workdir: Path) -> None:
+    manifest = _manifest(workdir, "bad-canary", bad=("a/000",))
+    code, out = fleet(stack, manifest, "bad-canary", "--canary", "1")
+    assert code == 1, out
+    assert "Fleet bad-canary halted in the canary" in out
+    assert "Try: fix what failed (see the table artifact), then resume with: liteshift fleet run" in out
+    runs = children(stack, "bad-canary")
+    assert [(r["parameters"]["database"], r["state_type"]) for r in runs] == [
+        (str(workdir / "bad-canary" / "a" / "000.db"), "FAILED")
+    ]
+    assert not any(_has_index(db) for db in (workdir / "bad-canary").rglob("*.db"))
+
+
+def test_the_failure_threshold_stops_the_waves(stack: Stack, workdir: Path) -> None:
+    manifest = _manifest(workdir, "threshold", per_host=3, bad=("a/001", "b/001"))
+    code, out = fleet(
+        stack, manifest, "threshold", "--canary", "1", "--waves", "50%,100%", "--max-failures", "2"
+    )
+    plan = json.loads((workdir / "plans" / "fleet-threshold.json").read_text())
+    wave1 = set(plan["waves"][0])
+    started = {
+        f"{r['parameters']['expected_host']}:{r['parameters']['database']}"
+        for r in children(stack, "threshold")
+    }
+    if {"a:" + str(workdir / "threshold/a/001.db"), "b:" + str(workdir / "threshold/b/001.db")} <= wave1:
+        assert code == 1 and "halted in the wave 1" in out, out
+        assert started == set(plan["canary"]) | wave1  # wave 2 never started
+    else:  # the round-robin put a bad one in wave 2: the fleet halts after it instead
+        assert code == 1 and "halted in the wave 2" in out, out
+
+
+def test_refused_and_deferred_are_not_failures_and_a_resume_finishes_the_deferred(
+    stack: Stack, workdir: Path
+) -> None:
+    manifest = _manifest(workdir, "mixed")
+    corrupt = workdir / "mixed" / "b" / "001.db"
+    corrupt.write_bytes(b"not a database, just bytes " * 100)
+    locked = workdir / "mixed" / "c" / "001.db"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(600)",
+            str(locked),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        canary = f"a:{workdir / 'mixed' / 'a' / '000.db'}"
+        code, out = fleet(stack, manifest, "mixed", "--canary", canary, "--max-failures", "1", "--json")
+        assert code == 0, out
+        assert json.loads(out.strip().splitlines()[-1]) == {"completed": 4, "refused": 1, "deferred": 1}
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.wait(30)
+    code, out = fleet(stack, manifest, "mixed", "--json")
+    assert code == 0, out
+    assert json.loads(out.strip().splitlines()[-1]) == {"completed": 5, "refused": 1}
+    runs = _per_database(children(stack, "mixed"))
+    assert runs[str(locked)] == ["COMPLETED", "FAILED"] or sorted(runs[str(locked)]) == [
+        "COMPLETED",
+        "FAILED",
+    ]
+    assert runs[str(corrupt)] == ["FAILED"]  # refused once, not retried
+    assert _has_index(locked)
+
+
+def test_a_run_that_reaches_the_wrong_host_is_refused(stack: Stack, workdir: Path) -> None:
+    """Host d's queue is served by a worker that says it is host e."""
+    create_queues(stack, ["liteshift-d"])
+    args = [stack.prefect, "worker", "start", "--pool", "liteshift", "--work-queue", "liteshift-d"]
+    start(stack, "worker-impostor", args, env={"LITESHIFT_HOST_ID": "e"})
+    pidfile = stack.run_dir / "worker-impostor.pid"
+    try:
+        _db(workdir / "wrong" / "d" / "000.db")
+        manifest = workdir / "wrong.toml"
+        manifest.write_text(f'migrations = "{MIGRATIONS}"\n[hosts.d]\npaths = ["{workdir}/wrong/d/*.db"]\n')
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the impostor polls its queue before the fleet checks it
+            code, out = fleet(stack, manifest, "wrong", "--canary", "0", "--json")
+            if "have no live worker" not in out:
+                break
+            time.sleep(2)
+        assert code == 0, out
+        assert json.loads(out.strip().splitlines()[-1]) == {"refused": 1}
+        [run] = children(stack, "wrong")
+        assert "WrongHost: This run is for host 'd' but runs on" in run["state"]["message"]
+        assert not _has_index(workdir / "wrong" / "d" / "000.db")
+    finally:
+        stop(stack, "worker-impostor")
+        assert not pidfile.exists()
+
+
+def test_the_parent_killed_after_a_wave_resumes_without_a_second_run(stack: Stack, workdir: Path) -> None:
+    manifest = _manifest(workdir, "killed", per_host=3)
+    proc = fleet(stack, manifest, "killed", "--canary", "1", "--waves", "30%,100%", wait=False)
+    plan_file = workdir / "plans" / "fleet-killed.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done = [r for r in children(stack, "killed") if r["state_type"] == "COMPLETED"]
+        if plan_file.exists() and len(done) >= 2:  # the canary and part of wave 1 are through
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    code, out = fleet(stack, manifest, "killed", "--json")
+    assert code == 0, out
+    runs = _per_database(children(stack, "killed"))
+    assert len(runs) == 9 and all(states == ["COMPLETED"] for states in runs.values()), runs
