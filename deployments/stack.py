@@ -26,7 +26,6 @@ import stat
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -405,16 +404,14 @@ def _automation_ids(stack: Stack, name: str) -> list[str]:
 
 
 def read_hosts(manifest: Path) -> dict[str, str]:
-    """Host name -> work queue from a fleet manifest's [hosts.NAME] tables (queue: liteshift-NAME)."""
+    """Host name -> work queue, read by the same manifest model `liteshift fleet` uses."""
+    from liteshift.errors import BadInput
+    from liteshift.fleet import load_manifest
+
     try:
-        with manifest.open("rb") as f:
-            hosts = tomllib.load(f).get("hosts", {})
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise StackError(f"cannot read the fleet manifest {manifest}: {exc}") from None
-    if not isinstance(hosts, dict) or not hosts or not all(isinstance(t, dict) for t in hosts.values()):
-        raise StackError(f"{manifest} has no [hosts.NAME] tables; add one per host, or unset FLEET_MANIFEST")
-    _check_host_names(hosts)
-    return {name: str(table.get("queue", f"liteshift-{name}")) for name, table in hosts.items()}
+        return {host.name: host.queue for host in load_manifest(manifest).hosts}
+    except BadInput as exc:
+        raise StackError(str(exc)) from None
 
 
 def _check_host_names(hosts: Mapping[str, object]) -> None:
