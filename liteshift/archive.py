@@ -30,6 +30,7 @@ from pathlib import Path
 from liteshift import faults
 from liteshift.db import SQLITE_HEADER, Held, check_is_sqlite_file, relaxed_sync, write_transaction
 from liteshift.errors import BadInput, CheckFailed
+from liteshift.lock import pid_alive
 from liteshift.rebuild import AUTOINCREMENT_RE, Table, Throttle, read_table
 from liteshift.sql import failure_detail, quote_ident, strip_comments
 
@@ -473,15 +474,7 @@ def _alive(host: str, pid: int, heartbeat: float) -> bool:
     """Whether a run that owns a progress row may still be going."""
     if time.time() - heartbeat > STALE_AFTER_S:
         return False
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host != socket.gethostname() or pid_alive(pid)
 
 
 def _release(run: _Run) -> None:

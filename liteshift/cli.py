@@ -404,12 +404,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         "busy_timeout_ms": cfg.busy_timeout_ms,
     }
     result = _in_flow("maintenance", "maintain_database", params)
-    if args.json:
-        print(json.dumps(result.as_dict()))
-    else:
-        from liteshift.flows.maintenance import render
-
-        print(render(result), end="")
+    _print_result(result, "maintenance", args.json)
     return EXIT_OK if result.status == "completed" else EXIT_FAILED
 
 
@@ -426,14 +421,18 @@ def cmd_archive(args: argparse.Namespace) -> int:
         "maintenance_window": args.maintenance_window,
         "busy_timeout_ms": cfg.busy_timeout_ms,
     }
-    result = _in_flow("archive", "archive_rows", params)
-    if args.json:
+    _print_result(_in_flow("archive", "archive_rows", params), "archive", args.json)
+    return EXIT_OK
+
+
+def _print_result(result: Any, module: str, as_json: bool) -> None:
+    """A flow's result as one JSON object, or as the markdown its flow publishes."""
+    import importlib
+
+    if as_json:
         print(json.dumps(result.as_dict()))
     else:
-        from liteshift.flows.archive import render
-
-        print(render(result), end="")
-    return EXIT_OK
+        print(importlib.import_module(f"liteshift.flows.{module}").render(result), end="")
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:

@@ -50,14 +50,15 @@ class Holder:
 
     def process_gone(self) -> bool:
         """True when the holder ran on this host and its process no longer exists."""
-        return self.host == socket.gethostname() and not _pid_alive(self.pid)
+        return self.host == socket.gethostname() and not pid_alive(self.pid)
 
     def is_stale(self, now: float, stale_after_s: float) -> bool:
         """Its process is gone, or its heartbeat is older than stale_after_s."""
         return now - self.heartbeat_at > stale_after_s or self.process_gone()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that PID exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -69,6 +69,14 @@ class Maintenance:
 
 
 @dataclass(frozen=True)
+class Before:
+    """What the verification compares with: index definitions and declared queries' medians."""
+
+    definitions: dict[str, str]
+    medians: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Request:
     """One maintenance action, as asked for."""
 
@@ -169,13 +177,14 @@ def act(req: Request, backup_path: str | None, on_step: Callable[[str], None] | 
     result = Maintenance(str(req.database), req.action, list(req.objects), backup_path=backup_path)
     start = time.perf_counter()
     with connection(req.database, req.busy_timeout_ms) as con:
-        before_defs = _definitions(con)
-        before = {q.name: _median_ms(con, q.sql, req.query_budget_s) for q in req.queries}
+        before = Before(
+            _definitions(con), {q.name: _median_ms(con, q.sql, req.query_budget_s) for q in req.queries}
+        )
         free_before = _free_bytes(con)
         if req.action == "vacuum" and _auto_vacuum(con) != 2:
-            _vacuum(con, req, result, before_defs, before)
+            _vacuum(con, req, result, before)
         else:
-            _in_transaction(con, req, result, before_defs, before)
+            _in_transaction(con, req, result, before)
         result.freed_bytes = max(0, free_before - _free_bytes(con))
     result.seconds = time.perf_counter() - start
     return result
@@ -185,8 +194,7 @@ def _in_transaction(
     con: sqlite3.Connection,
     req: Request,
     result: Maintenance,
-    before_defs: dict[str, str],
-    before: dict[str, float],
+    before: Before,
 ) -> None:
     result.mode = "incremental" if req.action == "vacuum" else "transaction"
     begin_immediate(con, req.database, req.busy_timeout_ms)
@@ -194,7 +202,7 @@ def _in_transaction(
     try:
         _run_action(con, req)
         faults.point("maintenance-acted")
-        _verify(con, req, result, before_defs, before)
+        _verify(con, req, result, before)
     except CheckFailed as exc:
         con.execute("ROLLBACK")
         result.status, result.message = "rolled-back", f"{exc}; the action was rolled back, nothing changed"
@@ -229,8 +237,7 @@ def _vacuum(
     con: sqlite3.Connection,
     req: Request,
     result: Maintenance,
-    before_defs: dict[str, str],
-    before: dict[str, float],
+    before: Before,
 ) -> None:
     result.mode = "vacuum"
     start = time.perf_counter()
@@ -239,7 +246,7 @@ def _vacuum(
     seen = con.execute("PRAGMA data_version").fetchone()[0]
     faults.point("maintenance-acted")
     try:
-        _verify(con, req, result, before_defs, before)
+        _verify(con, req, result, before)
     except CheckFailed as exc:
         _restore_if_untouched(con, req, result, seen, exc)
         return
@@ -266,8 +273,7 @@ def _verify(
     con: sqlite3.Connection,
     req: Request,
     result: Maintenance,
-    before_defs: dict[str, str],
-    before: dict[str, float],
+    before: Before,
 ) -> None:
     """Integrity of what was touched, index definitions unchanged, declared queries not slower."""
     if req.action == "vacuum":
@@ -280,16 +286,17 @@ def _verify(
         if problems:
             raise CheckFailed(f"integrity_check({table}) failed after {req.action}", problems[0])
         result.verified.append(f"integrity_check({table}): ok")
-    if _definitions(con) != before_defs:
+    if _definitions(con) != before.definitions:
         raise CheckFailed(f"Index definitions changed during {req.action}", "they must not")
-    result.verified.append(f"{len(before_defs)} index definitions unchanged")
+    result.verified.append(f"{len(before.definitions)} index definitions unchanged")
     for q in req.queries:
         after = _median_ms(con, q.sql, req.query_budget_s)
-        result.queries[q.name] = (round(before[q.name], 4), round(after, 4))
-        if after > before[q.name] * SLOWER_FACTOR and after - before[q.name] > SLOWER_MIN_MS:
+        was = before.medians[q.name]
+        result.queries[q.name] = (round(was, 4), round(after, 4))
+        if after > was * SLOWER_FACTOR and after - was > SLOWER_MIN_MS:
             raise CheckFailed(
                 f"Query {q.name} got slower after {req.action}",
-                f"median {before[q.name]:.3f} ms before, {after:.3f} ms after",
+                f"median {was:.3f} ms before, {after:.3f} ms after",
             )
     if req.queries:
         result.verified.append(f"{len(req.queries)} declared queries not slower")
