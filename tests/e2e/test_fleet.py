@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from stack import ROOT, Stack, create_queues, down, start, stop, up
+from stack import ROOT, Stack, create_queues, down, install_automation, start, start_workers, stop, up
 
 from liteshift.flows.runtime import free_port
 
@@ -75,11 +75,14 @@ def stack(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     hosts = workdir / "hosts.toml"
     hosts.write_text("".join(f'[hosts.{h}]\npaths = ["{workdir}/*.none"]\n' for h in HOSTS))
     roots = ("LITESHIFT_ALLOWED_ROOTS", os.pathsep.join([str(workdir), str(MIGRATIONS)]))
+    # Heartbeats every 30 s (the least Prefect allows; 180 by default): a killed run is found dead in
+    # about a minute.
+    heartbeat = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
     s = Stack(
         run_dir=tmp_path_factory.mktemp("fleet-stack"),
         port=free_port(),
         worker_poll_s=1,
-        extra_env=(roots,),
+        extra_env=(roots, heartbeat),
         fleet_manifest=hosts,
     )
     try:
@@ -264,3 +267,44 @@ def test_the_parent_killed_after_a_wave_resumes_without_a_second_run(stack: Stac
     assert code == 0, out
     runs = _per_database(children(stack, "killed"))
     assert len(runs) == 9 and all(states == ["COMPLETED"] for states in runs.values()), runs
+
+
+def test_a_worker_killed_mid_wave_crashes_its_run_which_is_retried_once(stack: Stack, workdir: Path) -> None:
+    """SIGKILL host b's worker (and the flow runs it started) while one of its runs is going: the
+    zombie automation (its window shortened here) marks the run Crashed, the fleet retries it once
+    on b's queue, and a new worker there finishes it."""
+    fast = workdir / "zombie-fast.yaml"
+    spec = (
+        (ROOT / "deployments/automations/zombie-runs.yaml").read_text().replace("within: 600", "within: 45")
+    )
+    fast.write_text(spec)
+    install_automation(stack, fast)
+    manifest = _manifest(workdir, "worker-killed", per_host=2)
+    proc = fleet(stack, manifest, "worker-killed", "--canary", "0", "--json", wait=False)
+    victim = None
+    deadline = time.monotonic() + 180
+    while victim is None and time.monotonic() < deadline:
+        victim = next(
+            (
+                r
+                for r in children(stack, "worker-killed")
+                if "host-b" in r["tags"] and r["state_type"] == "RUNNING"
+            ),
+            None,
+        )
+        time.sleep(0.2)
+    assert victim is not None, "no run of host b was ever seen running"
+    worker = int(stack.pidfile("worker-b").read_text())
+    os.killpg(worker, signal.SIGKILL)
+    stop(stack, "worker-b")  # reaps it and removes the pid file
+    time.sleep(2)
+    start_workers(stack, {"b": "liteshift-b"})
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"completed": 6}
+    runs = _per_database(children(stack, "worker-killed"))
+    assert sorted(runs[victim["parameters"]["database"]]) == ["COMPLETED", "CRASHED"]
+    assert all(
+        states == ["COMPLETED"] for db, states in runs.items() if db != victim["parameters"]["database"]
+    )
+    assert all(_has_index(db) for db in (workdir / "worker-killed").rglob("*.db"))
