@@ -308,3 +308,34 @@ def test_a_worker_killed_mid_wave_crashes_its_run_which_is_retried_once(stack: S
         states == ["COMPLETED"] for db, states in runs.items() if db != victim["parameters"]["database"]
     )
     assert all(_has_index(db) for db in (workdir / "worker-killed").rglob("*.db"))
+
+
+def test_approval_after_the_canary_pauses_the_fleet_until_a_person_answers(
+    stack: Stack, workdir: Path
+) -> None:
+    manifest = _manifest(workdir, "approved", per_host=1)
+    proc = fleet(stack, manifest, "approved", "--canary", "1", "--approve-after-canary", "--json", wait=False)
+    parent = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        r = httpx.post(
+            f"{stack.api_url}/flow_runs/filter",
+            json={"flow_runs": {"name": {"any_": ["fleet-approved"]}}},
+            timeout=30,
+        )
+        parent = next(iter(r.json()), None)
+        if parent and parent["state_type"] == "PAUSED":
+            break
+        time.sleep(0.5)
+    assert parent is not None and parent["state_type"] == "PAUSED", parent
+    keyset = parent["state"]["state_details"]["run_input_keyset"]
+    description = httpx.get(f"{stack.api_url}/flow_runs/{parent['id']}/input/{keyset['description']}").json()
+    assert description.startswith("# Fleet approved: the canary finished") and ": completed" in description
+    assert len(children(stack, "approved")) == 1  # only the canary ran while paused
+    httpx.post(
+        f"{stack.api_url}/flow_runs/{parent['id']}/resume",
+        json={"run_input": {"approve": True, "comment": "e2e"}},
+    ).raise_for_status()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"completed": 3}
