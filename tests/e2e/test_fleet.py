@@ -339,3 +339,40 @@ def test_approval_after_the_canary_pauses_the_fleet_until_a_person_answers(
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert json.loads(out.decode().strip().splitlines()[-1]) == {"completed": 3}
+
+
+def test_a_queue_without_a_live_worker_is_refused_before_anything_starts(stack: Stack, workdir: Path) -> None:
+    _db(workdir / "unserved" / "z" / "000.db")
+    manifest = workdir / "unserved.toml"
+    manifest.write_text(f'migrations = "{MIGRATIONS}"\n[hosts.z]\npaths = ["{workdir}/unserved/z/*.db"]\n')
+    code, out = fleet(stack, manifest, "unserved")
+    assert code == 2, out
+    assert (
+        "Error: Some hosts' work queues have no live worker: liteshift-z (does not exist); their runs "
+        "would wait for ever; nothing was started"
+    ) in out
+    assert children(stack, "unserved") == []
+
+
+def test_an_inventory_host_lists_its_own_databases_in_a_run_on_its_queue(stack: Stack, workdir: Path) -> None:
+    for i in range(3):
+        _db(workdir / "inventoried" / "c" / f"{i:03d}.db")
+    manifest = workdir / "inventoried.toml"
+    manifest.write_text(
+        f'migrations = "{MIGRATIONS}"\n[hosts.c]\n'
+        f'paths = ["{workdir}/inventoried/c/*.db"]\ninventory = true\n'
+    )
+    cmd = [str(Path(sys.executable).with_name("liteshift")), "fleet", "plan", "--manifest", str(manifest)]
+    cmd += ["--fleet-id", "inventoried", "--plan-dir", str(workdir / "plans"), "--json"]
+    done = subprocess.run(cmd, cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    plan = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [d["database"] for d in plan["databases"]] == [
+        f"c:{workdir / 'inventoried' / 'c' / f'{i:03d}.db'}" for i in range(3)
+    ]
+    r = httpx.post(
+        f"{stack.api_url}/flow_runs/filter",
+        json={"flow_runs": {"name": {"any_": ["inventory-c"]}}},
+        timeout=30,
+    )
+    assert [run["state_type"] for run in r.json()] == ["COMPLETED"]
