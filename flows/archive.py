@@ -79,7 +79,7 @@ def archive_rows(
     older_than: str | None = None,
     maintenance_window: str | None = None,
     busy_timeout_ms: int = 5000,
-    budget_s: float = 0.02,
+    budget_s: float = 0.005,
 ) -> archive.ArchiveResult:
     """Move the rows with column < cutoff into archive_path; stop at the window's end."""
     db = Path(database)

@@ -776,7 +776,7 @@ def archive_rows(
     before: str,
     *,
     timeout_ms: int = 5000,
-    budget_s: float = 0.02,
+    budget_s: float = 0.005,
     batch_rows: int | None = None,
     deadline: float | None = None,
     on_progress: Callable[[float], None] | None = None,
