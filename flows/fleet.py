@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from prefect import flow, get_client, get_run_logger
@@ -38,7 +39,11 @@ CHILD_DEPLOYMENT = "migrate-database/fleet"
 INVENTORY_DEPLOYMENT = "fleet-inventory/host"
 LIVE_WORKER_S = 120.0  # a queue whose last poll is older has no live worker
 POLL_S = 2.0
+API_RETRIES = 5  # about a minute of a server answering 500 or not at all
 RETRY = ("crashed", "deferred", "unreached")  # outcomes a resume (or the one crash retry) runs again
+
+
+T = TypeVar("T")
 
 
 class QueuesNotServed(BadInput):
@@ -79,6 +84,7 @@ def migrate_fleet(
     approve_after_canary: bool = False,
     approval_timeout_s: int = 3600,
     child_timeout_s: float = 1800.0,
+    max_running_per_host: int = 4,
     plan_dir: str | None = None,
     deployment: str = CHILD_DEPLOYMENT,
     parameters: dict[str, Any] | None = None,
@@ -100,11 +106,15 @@ def migrate_fleet(
     children = adopt(plan)
     board = Board(plan, children)
     for wave, keys in plan.stages():
-        for key in keys:
-            child = children[key]
-            if child.outcome in (*RETRY, "pending") and not _active(child):
-                start_child(plan, child, deployment, parameters or {})
-        wait_wave(children, keys, child_timeout_s, board, plan, deployment, parameters or {})
+        run_wave(
+            plan,
+            children,
+            keys,
+            Limits(max_running_per_host, child_timeout_s),
+            board,
+            deployment,
+            parameters or {},
+        )
         reason = fleet.should_halt(plan, wave, {k: c.outcome for k, c in children.items()})
         if reason:
             cancel_not_started(children)
@@ -279,7 +289,8 @@ def start_child(plan: fleet.Plan, child: Child, deployment: str, parameters: dic
     from prefect.deployments import run_deployment
 
     t = child.target
-    run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call: a FlowRun
+    run: FlowRun = _api(  # type: ignore[assignment]  # sync call: a FlowRun
+        run_deployment,
         deployment,
         parameters={
             **parameters,
@@ -310,48 +321,91 @@ def _refresh(child: Child, run: FlowRun) -> None:
             child.seconds = (run.end_time - run.start_time).total_seconds()
 
 
-def wait_wave(
+@dataclass(frozen=True)
+class Limits:
+    """How many of a host's runs may be started and not finished, and how long one may wait for
+    a worker before it is cancelled (unreached)."""
+
+    running_per_host: int
+    pending_timeout_s: float
+
+
+def run_wave(
+    plan: fleet.Plan,
     children: dict[str, Child],
     keys: list[str],
-    timeout_s: float,
+    limits: Limits,
     board: Board,
-    plan: fleet.Plan,
     deployment: str,
     parameters: dict[str, Any],
 ) -> None:
-    """Poll the wave's runs until each has an outcome; a crash is retried once; a run still
-    waiting after timeout_s is cancelled (unreached)."""
-    deadline = time.time() + timeout_s
+    """Start the wave's runs, at most limits.running_per_host per host at a time (a process worker
+    spawns every run it is given at once: 64 at once starved a 2-core host and its server, see
+    bench/RESULTS-fleet.md), and poll them until each has an outcome; a crash is retried once."""
+    todo = [k for k in keys if children[k].outcome in (*RETRY, "pending") and not _active(children[k])]
     retried: set[str] = set()
     while True:
-        waiting = [children[k] for k in keys if children[k].outcome in ("pending", "running")]
+        active = [children[k] for k in keys if _active(children[k])]
         with get_client(sync_client=True) as client:
-            for child in waiting:
+            for child in active:
                 assert child.run is not None
-                _refresh(child, client.read_flow_run(child.run.id))
+                _refresh(child, _api(client.read_flow_run, child.run.id))
         for key in keys:
             child = children[key]
             if child.outcome == "crashed" and key not in retried:
                 retried.add(key)
-                start_child(plan, child, deployment, parameters)
-            elif child.outcome == "crashed":
+                todo.insert(0, key)
+            elif child.outcome == "crashed" and key not in todo:
                 child.outcome = "failed"  # crashed twice: counted as a failure
-        board.publish()
-        if not [k for k in keys if children[k].outcome in ("pending", "running")]:
-            return
-        if time.time() > deadline:
-            for child in (children[k] for k in keys if children[k].outcome == "pending"):
+        for child in (children[k] for k in keys if children[k].outcome == "pending" and children[k].run):
+            if time.time() - child.started > limits.pending_timeout_s:
                 _cancel(child)
-            if not [k for k in keys if children[k].outcome == "running"]:
-                return
+        busy: dict[str, int] = {}
+        for child in (children[k] for k in keys if _active(children[k])):
+            busy[child.target.host] = busy.get(child.target.host, 0) + 1
+        for key in list(todo):
+            host = children[key].target.host
+            if busy.get(host, 0) < limits.running_per_host:
+                start_child(plan, children[key], deployment, parameters)
+                busy[host] = busy.get(host, 0) + 1
+                todo.remove(key)
+        board.publish()
+        if not todo and not any(_active(children[k]) for k in keys):
+            return
         time.sleep(POLL_S)
+
+
+def _api(call: Callable[..., T], *args: Any, **kw: Any) -> T:
+    """One Prefect API call, retried on a server error or a lost connection (a busy server
+    answers 500 when its database pool runs out); a server that stays away halts the fleet."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    for attempt in range(API_RETRIES + 1):
+        try:
+            return call(*args, **kw)
+        except (PrefectHTTPStatusError, httpx.TransportError) as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", 500)
+            if status < 500 or attempt == API_RETRIES:
+                raise FleetHalted(
+                    "The Prefect server did not answer the fleet",
+                    f"{type(exc).__name__}: {exc}; the runs already started go on",
+                    "when the server is healthy again, run the same command: the fleet resumes and "
+                    "adopts them",
+                ) from exc
+            time.sleep(min(30.0, 2.0**attempt))
+    raise AssertionError("unreachable")
 
 
 def _cancel(child: Child) -> None:
     if child.run is None:
         return
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(child.run.id, Cancelled(message="not started before the fleet's timeout"))
+        _api(
+            client.set_flow_run_state,
+            child.run.id,
+            Cancelled(message="not started before the fleet's timeout"),
+        )
     child.outcome, child.error = "unreached", "cancelled: still waiting for a worker at the timeout"
 
 

@@ -133,6 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     fl.add_argument("--plan-dir", type=Path, help="where fleet-ID.json goes (default: the report directory)")
     fl.add_argument("--approve-after-canary", action="store_true", help="pause for a person after the canary")
     fl.add_argument(
+        "--pending-timeout",
+        type=float,
+        default=1800.0,
+        help="cancel a run still waiting for its worker after this many seconds (unreached; default 1800)",
+    )
+    fl.add_argument(
+        "--max-parallel", type=int, default=4, help="runs started and not finished per host (default 4)"
+    )
+    fl.add_argument(
         "--param",
         action="append",
         default=[],
@@ -450,6 +459,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     }
     if args.action == "run":
         params["approve_after_canary"] = args.approve_after_canary
+        params["max_running_per_host"] = args.max_parallel
+        params["child_timeout_s"] = args.pending_timeout
         params["parameters"] = _child_parameters(args.param)
         counts = _in_flow("fleet", "migrate_fleet", params)
         done = ", ".join(f"{v} {k}" for k, v in counts.items())
