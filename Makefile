@@ -50,7 +50,7 @@ clean:
 # Fleet rollouts over three worker "hosts" on a real server: see docs/DEPLOYING.md, "Fleets".
 .PHONY: fleet
 fleet: install
-	$(BIN)/pytest -m fleet tests/e2e/test_fleet.py
+	$(BIN)/pytest -m fleet tests/e2e/test_fleet_rollout.py
 
 # The long reliability matrix (every kill point, concurrent writers): see docs/RELIABILITY.md.
 .PHONY: reliability
