@@ -722,7 +722,9 @@ def measure(
 ) -> HealthReport:
     """Measure a live database read-only and judge it against the thresholds (writes nothing)."""
     check_is_sqlite_file(database)
-    migrations = load_migrations(migrations_dir)  # a wrong directory fails before any read
+    # Without a migrations directory (a database liteshift never migrated, or health run from
+    # elsewhere) everything but the declared queries is measured, and the report says so.
+    migrations = load_migrations(migrations_dir) if migrations_dir.is_dir() else None
     now = _utc(now)
     start = time.perf_counter()
     report = HealthReport(str(database), db_key(database), now.isoformat(timespec="seconds"))
@@ -731,7 +733,9 @@ def measure(
     try:
         con = connect(database, busy_timeout_ms, readonly=True)  # cannot write a byte
         try:
-            _measure_database(report, con, database, migrations, _baselines(runs), thresholds, query_budget_s)
+            _measure_database(
+                report, con, database, migrations or [], _baselines(runs), thresholds, query_budget_s
+            )
             if quick_check:
                 problems = _timed(report, "quick_check", lambda: pragma_check(con, "quick_check"))
                 report.quick_check = "; ".join(problems[:5]) or "ok"
@@ -743,6 +747,19 @@ def measure(
         raise CheckFailed(f"Database {database} could not be measured", str(exc), CORRUPT_HINT) from exc
     _growth(report, history, now, thresholds)
     report.findings = judge(report, thresholds)
+    if migrations is None:
+        report.findings.append(
+            Finding(
+                "declared_queries",
+                report.key,
+                None,
+                None,
+                "unavailable",
+                None,
+                f"no migrations directory {migrations_dir}: the declared queries were not timed; "
+                "pass --migrations DIR",
+            )
+        )
     report.seconds = round(time.perf_counter() - start, 4)
     return report
 

@@ -469,3 +469,17 @@ def test_a_path_with_uri_characters_is_measured(make_db, tmp_path: Path) -> None
     odd.mkdir()
     db = make_db().rename(odd / "w.db")
     assert run(db, tmp_path).page_count > 0  # not opened as "file:.../a" with a query string
+
+
+def test_without_a_migrations_directory_everything_but_the_queries_is_measured(
+    make_db, tmp_path: Path
+) -> None:
+    db = make_db()
+    report = measure(db, migrations_dir=tmp_path / "none", report_dir=tmp_path / "reports", thresholds=SMALL)
+    [note] = find(report, "declared_queries")
+    assert (note.severity, note.value, note.action) == ("unavailable", None, None)
+    assert note.message == (
+        f"no migrations directory {tmp_path / 'none'}: the declared queries were not timed; "
+        "pass --migrations DIR"
+    )
+    assert report.queries == [] and find(report, "freelist_pct")
