@@ -108,7 +108,9 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 45) -> Non
 @pytest.mark.e2e
 def test_up_on_postgres_starts_one_worker_per_host_on_its_queue(tmp_path: Path, cleanup: list[Stack]) -> None:
     manifest = tmp_path / "fleet.toml"
-    manifest.write_text('[hosts.alpha]\nqueue = "alpha-queue"\n\n[hosts.beta]\n')
+    manifest.write_text(
+        '[hosts.alpha]\nqueue = "alpha-queue"\npaths = ["alpha/*.db"]\n[hosts.beta]\npaths = ["beta/*.db"]\n'
+    )
     queues = {"alpha": "alpha-queue", "beta": "liteshift-beta"}
     stack = Stack(
         run_dir=tmp_path / "run",
