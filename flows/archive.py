@@ -22,7 +22,7 @@ from liteshift.flows.concurrency import one_run_per_database
 from liteshift.flows.runtime import is_deployment_run
 from liteshift.flows.ui import progress, tag_run
 from liteshift.report import db_key
-from liteshift.window import enforce_window, parse_window
+from liteshift.window import closing
 
 OLDER_THAN_RE = re.compile(r"^\s*(?P<n>\d+)\s*(?P<unit>day|week|month|year)s?\s*$", re.I)
 
@@ -56,13 +56,7 @@ def _days_in(year: int, month: int) -> int:
 
 def window_deadline(text: str | None, now: datetime) -> float | None:
     """The unix time the window closes (None without a window); refuses outside it."""
-    if not text:
-        return None
-    enforce_window(text, now)
-    window = parse_window(text)
-    opened = window.opening(now)
-    assert opened is not None  # enforce_window refused otherwise
-    return (opened + window.length).timestamp()
+    return closing(text, now).timestamp() if text else None
 
 
 move = task(name="archive-batches", cache_policy=NO_CACHE)(archive.archive_rows)

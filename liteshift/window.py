@@ -130,6 +130,16 @@ def enforce_window(text: str | None, now: datetime | None = None) -> str:
     return f"inside {window.text!r} (closes {closes:%a %H:%M %Z})"
 
 
+def closing(text: str, now: datetime | None = None) -> datetime:
+    """When the window that contains now closes; OutsideWindow when now is outside it."""
+    moment = now or datetime.now(UTC)
+    enforce_window(text, moment)
+    window = parse_window(text)
+    opened = window.opening(moment)
+    assert opened is not None  # enforce_window refused otherwise
+    return opened + window.length
+
+
 class WindowTooShort(BadInput):
     """The run would outlast its maintenance window; nothing was written."""
 
@@ -141,10 +151,7 @@ def check_fits(text: str | None, predicted_s: float | None, basis: str, now: dat
         return "no maintenance window configured" if not text else f"no prediction ({basis})"
     window = parse_window(text)
     moment = now or datetime.now(UTC)
-    opened = window.opening(moment)
-    if opened is None:
-        return enforce_window(text, moment)  # raises OutsideWindow
-    closes = opened + window.length
+    closes = closing(text, moment)
     left = (closes - moment).total_seconds()
     if predicted_s > left:
         raise WindowTooShort(

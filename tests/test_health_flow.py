@@ -222,3 +222,14 @@ def test_the_table_artifact_rows_carry_the_7_and_30_day_range(tmp_path) -> None:
         "max_30d": 30.0,
     }
     assert rows[1]["min_7d"] is None
+
+
+def test_archiving_stops_when_its_window_closes() -> None:
+    from liteshift.flows.archive import window_deadline
+
+    sunday = datetime(2026, 11, 29, 3, 30, tzinfo=UTC)
+    closes = datetime(2026, 11, 29, 5, 0, tzinfo=UTC).timestamp()
+    assert window_deadline("Sun 01:00-05:00 UTC", sunday) == closes
+    assert window_deadline(None, sunday) is None
+    with pytest.raises(OutsideWindow):
+        window_deadline("Sat 01:00-05:00 UTC", sunday)
