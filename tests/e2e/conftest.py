@@ -10,5 +10,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="fleet scenarios: run with `make fleet` (pytest -m fleet)")
     for item in items:
-        if "fleet" in item.keywords:
+        if item.get_closest_marker("fleet") is not None:  # a marker, not a word in a test id
             item.add_marker(skip)
