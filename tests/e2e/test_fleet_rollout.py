@@ -122,14 +122,26 @@ def fleet(stack: Stack, manifest: Path, fleet_id: str, *args: str, wait: bool = 
     return done.returncode, done.stdout + done.stderr
 
 
-def children(stack: Stack, fleet_id: str) -> list[dict[str, Any]]:
-    r = httpx.post(
-        f"{stack.api_url}/flow_runs/filter",
-        json={"flow_runs": {"tags": {"all_": [f"fleet-{fleet_id}"]}}, "limit": 200},
-        timeout=30,
-    )
+def api(stack: Stack, method: str, path: str, body: Any = None) -> Any:
+    """One REST call to the stack; a 503 ('database is locked' on the SQLite-backed server while
+    runs are busy) is retried, as Prefect's own client does."""
+    for attempt in range(10):
+        r = httpx.request(method, f"{stack.api_url}{path}", json=body, timeout=30)
+        if r.status_code != 503:
+            break
+        time.sleep(0.5 * (attempt + 1))
     r.raise_for_status()
-    return [run for run in r.json() if run["name"] != f"fleet-{fleet_id}"]
+    return r.json() if r.content else None
+
+
+def children(stack: Stack, fleet_id: str) -> list[dict[str, Any]]:
+    runs = api(
+        stack,
+        "POST",
+        "/flow_runs/filter",
+        {"flow_runs": {"tags": {"all_": [f"fleet-{fleet_id}"]}}, "limit": 200},
+    )
+    return [run for run in runs if run["name"] != f"fleet-{fleet_id}"]
 
 
 def _per_database(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -324,24 +336,19 @@ def test_approval_after_the_canary_pauses_the_fleet_until_a_person_answers(
     parent = None
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        r = httpx.post(
-            f"{stack.api_url}/flow_runs/filter",
-            json={"flow_runs": {"name": {"any_": ["fleet-approved"]}}},
-            timeout=30,
-        )
-        parent = next(iter(r.json()), None)
+        found = api(stack, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": ["fleet-approved"]}}})
+        parent = next(iter(found), None)
         if parent and parent["state_type"] == "PAUSED":
             break
         time.sleep(0.5)
     assert parent is not None and parent["state_type"] == "PAUSED", parent
     keyset = parent["state"]["state_details"]["run_input_keyset"]
-    description = httpx.get(f"{stack.api_url}/flow_runs/{parent['id']}/input/{keyset['description']}").json()
+    description = api(stack, "GET", f"/flow_runs/{parent['id']}/input/{keyset['description']}")
     assert description.startswith("# Fleet approved: the canary finished") and ": completed" in description
     assert len(children(stack, "approved")) == 1  # only the canary ran while paused
-    httpx.post(
-        f"{stack.api_url}/flow_runs/{parent['id']}/resume",
-        json={"run_input": {"approve": True, "comment": "e2e"}},
-    ).raise_for_status()
+    api(
+        stack, "POST", f"/flow_runs/{parent['id']}/resume", {"run_input": {"approve": True, "comment": "e2e"}}
+    )
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert json.loads(out.decode().strip().splitlines()[-1]) == {"completed": 3}
@@ -376,9 +383,5 @@ def test_an_inventory_host_lists_its_own_databases_in_a_run_on_its_queue(stack: 
     assert [d["database"] for d in plan["databases"]] == [
         f"c:{workdir / 'inventoried' / 'c' / f'{i:03d}.db'}" for i in range(3)
     ]
-    r = httpx.post(
-        f"{stack.api_url}/flow_runs/filter",
-        json={"flow_runs": {"name": {"any_": ["inventory-c"]}}},
-        timeout=30,
-    )
-    assert [run["state_type"] for run in r.json()] == ["COMPLETED"]
+    found = api(stack, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": ["inventory-c"]}}})
+    assert [run["state_type"] for run in found] == ["COMPLETED"]
