@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from helpers import index_names, snapshot, tracked_versions, user_snapshot
+from rest import api
 from stack import ROOT, Stack, down, up
 
 from liteshift import lock
@@ -79,17 +79,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, workdir: Path) -> Iterator[S
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("databases")
-
-
-def api(stack: Stack, method: str, path: str, body: Any = None) -> Any:
-    """One call to the server's REST API; the JSON answer (503 'database is locked' is retried)."""
-    for attempt in range(10):
-        r = httpx.request(method, f"{stack.api_url}{path}", json=body, timeout=30)
-        if r.status_code != 503:
-            break
-        time.sleep(0.5 * (attempt + 1))
-    r.raise_for_status()
-    return r.json() if r.content else None
 
 
 def deployment_run(stack: Stack, name: str, *params: str, watch: bool = True, extra: tuple[str, ...] = ()):

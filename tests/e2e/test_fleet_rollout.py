@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from rest import api
 from stack import ROOT, Stack, create_queues, down, install_automation, start, start_workers, stop, up
 
 from liteshift.flows.runtime import free_port
@@ -120,18 +120,6 @@ def fleet(stack: Stack, manifest: Path, fleet_id: str, *args: str, wait: bool = 
         )
     done = subprocess.run(cmd, cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=600)
     return done.returncode, done.stdout + done.stderr
-
-
-def api(stack: Stack, method: str, path: str, body: Any = None) -> Any:
-    """One REST call to the stack; a 503 ('database is locked' on the SQLite-backed server while
-    runs are busy) is retried, as Prefect's own client does."""
-    for attempt in range(10):
-        r = httpx.request(method, f"{stack.api_url}{path}", json=body, timeout=30)
-        if r.status_code != 503:
-            break
-        time.sleep(0.5 * (attempt + 1))
-    r.raise_for_status()
-    return r.json() if r.content else None
 
 
 def children(stack: Stack, fleet_id: str) -> list[dict[str, Any]]:
