@@ -276,6 +276,9 @@ def adopt(plan: fleet.Plan) -> dict[str, Child]:
             offset += 200
     for child in children.values():
         if child.run is not None:
+            # An adopted run has waited for a worker since it was created, not since 1970: a zero
+            # here cancelled every adopted Scheduled run at once as unreached.
+            child.started = child.run.created.timestamp() if child.run.created else time.time()
             _refresh(child, child.run)
     return children
 
@@ -357,9 +360,8 @@ def run_wave(
                 todo.insert(0, key)
             elif child.outcome == "crashed" and key not in todo:
                 child.outcome = "failed"  # crashed twice: counted as a failure
-        for child in (children[k] for k in keys if children[k].outcome == "pending" and children[k].run):
-            if time.time() - child.started > limits.pending_timeout_s:
-                _cancel(child)
+        for child in (children[k] for k in keys if overdue(children[k], limits.pending_timeout_s)):
+            _cancel(child)
         busy: dict[str, int] = {}
         for child in (children[k] for k in keys if _active(children[k])):
             busy[child.target.host] = busy.get(child.target.host, 0) + 1
@@ -373,6 +375,19 @@ def run_wave(
         if not todo and not any(_active(children[k]) for k in keys):
             return
         time.sleep(POLL_S)
+
+
+def not_started(child: Child) -> bool:
+    """The child's run waits for a worker (Scheduled, Late or Pending). A Paused run has started
+    and waits for a person: it is neither unreached at the timeout nor cancelled on a halt."""
+    state = child.run.state if child.run is not None else None
+    waiting = state is not None and state.type.value in ("SCHEDULED", "PENDING")
+    return waiting and child.outcome == "pending"  # not one this fleet run cancelled already
+
+
+def overdue(child: Child, timeout_s: float, now: float | None = None) -> bool:
+    """A run not started longer than timeout_s after it was created (or adopted from a dead parent)."""
+    return not_started(child) and (time.time() if now is None else now) - child.started > timeout_s
 
 
 def _api(call: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -412,7 +427,7 @@ def _cancel(child: Child) -> None:
 def cancel_not_started(children: dict[str, Child]) -> None:
     """On halt: runs still waiting for a worker are cancelled; running ones finish."""
     for child in children.values():
-        if child.outcome == "pending" and child.run is not None:
+        if not_started(child):
             _cancel(child)
 
 

@@ -1,10 +1,14 @@
-"""The migrate-fleet flow's own rules that need no server: API calls retried on server errors."""
+"""The migrate-fleet flow's own rules: API calls retried on server errors (no server), and how a
+resume adopts the runs a killed parent left (on the session's test server)."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
+from prefect import flow, get_client
+from prefect.states import Paused, Scheduled, State
 
+from liteshift import fleet
 from liteshift.flows import fleet as fleet_flow
 
 
@@ -55,3 +59,41 @@ def test_a_client_error_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(fleet_flow.FleetHalted):
         fleet_flow._api(call, "x")
     assert len(call.calls) == 1  # type: ignore[attr-defined]
+
+
+@flow(name="fleet-child-stand-in")
+def _stand_in() -> None:
+    """Only its runs are created (never started): the fleet adopts them by their tags."""
+
+
+def _adopted(fleet_id: str, state: State) -> fleet_flow.Child:
+    """One database's child run made as a killed parent left it, then adopted by a resume."""
+    target = fleet.Target(
+        key=f"a:/srv/{fleet_id}.db", host="a", path=f"/srv/{fleet_id}.db", queue="liteshift-a"
+    )
+    plan = fleet.make_plan(fleet_id, [target], canary=0)
+    with get_client(sync_client=True) as client:
+        client.create_flow_run(
+            _stand_in, tags=[f"fleet-{fleet_id}", fleet_flow._tag(target.key)], state=state
+        )
+    return fleet_flow.adopt(plan)[target.key]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_adopted_scheduled_run_waits_its_timeout_from_its_creation_not_from_zero() -> None:
+    child = _adopted("adopt-scheduled", Scheduled())
+    assert child.outcome == "pending" and child.attempts == 1
+    assert child.run is not None and child.run.created is not None
+    created = child.run.created.timestamp()
+    assert child.started == created
+    assert not fleet_flow.overdue(child, 1800.0, now=created + 60)
+    assert fleet_flow.overdue(child, 1800.0, now=created + 1801)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_paused_child_waits_for_a_person_and_is_never_cancelled_as_unreached() -> None:
+    child = _adopted("adopt-paused", Paused())
+    assert child.outcome == "pending"
+    assert child.run is not None and child.run.created is not None
+    assert not fleet_flow.not_started(child)
+    assert not fleet_flow.overdue(child, 1800.0, now=child.run.created.timestamp() + 10_000)

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,19 +252,37 @@ def test_a_run_that_reaches_the_wrong_host_is_refused(stack: Stack, workdir: Pat
 
 
 def test_the_parent_killed_after_a_wave_resumes_without_a_second_run(stack: Stack, workdir: Path) -> None:
+    """Killed after the canary with one of host c's runs still waiting for a worker (c's worker is
+    stopped with SIGSTOP meanwhile): the resume adopts that run, waits for it instead of cancelling
+    it, and starts only what is missing."""
     manifest = _manifest(workdir, "killed", per_host=3)
     proc = fleet(stack, manifest, "killed", "--canary", "1", "--waves", "30%,100%", wait=False)
     plan_file = workdir / "plans" / "fleet-killed.json"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        done = [r for r in children(stack, "killed") if r["state_type"] == "COMPLETED"]
-        if plan_file.exists() and len(done) >= 2:  # the canary and part of wave 1 are through
-            break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    worker_c = int(stack.pidfile("worker-c").read_text())
+
+    def until(what: str, ready: Callable[[list[dict[str, Any]]], bool]) -> None:
+        deadline = time.monotonic() + 300
+        while not ready(children(stack, "killed")):
+            assert time.monotonic() < deadline, f"never saw {what}"
+            time.sleep(0.5)
+
+    until(
+        "the canary completed",
+        lambda runs: plan_file.exists() and any(r["state_type"] == "COMPLETED" for r in runs),
+    )
+    os.kill(worker_c, signal.SIGSTOP)
+    try:
+        until(
+            "a run of host c waiting",
+            lambda runs: any("host-c" in r["tags"] and r["state_type"] == "SCHEDULED" for r in runs),
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        os.kill(worker_c, signal.SIGCONT)
     code, out = fleet(stack, manifest, "killed", "--json")
     assert code == 0, out
+    assert json.loads(out.strip().splitlines()[-1]) == {"completed": 9}
     runs = _per_database(children(stack, "killed"))
     assert len(runs) == 9 and all(states == ["COMPLETED"] for states in runs.values()), runs
 
