@@ -40,7 +40,6 @@ INVENTORY_DEPLOYMENT = "fleet-inventory/host"
 LIVE_WORKER_S = 120.0  # a queue whose last poll is older has no live worker
 POLL_S = 2.0
 API_RETRIES = 5  # about a minute of a server answering 500 or not at all
-RETRY = ("crashed", "deferred", "unreached")  # outcomes a resume (or the one crash retry) runs again
 
 
 T = TypeVar("T")
@@ -85,11 +84,14 @@ def migrate_fleet(
     approval_timeout_s: int = 3600,
     child_timeout_s: float = 1800.0,
     max_running_per_host: int = 4,
+    retry_failed: bool = False,
     plan_dir: str | None = None,
     deployment: str = CHILD_DEPLOYMENT,
     parameters: dict[str, Any] | None = None,
 ) -> dict[str, int]:
-    """Plan (or read the plan), check every queue is served, then the canary and the waves."""
+    """Plan (or read the plan), check every queue is served, then the canary and the waves. A
+    resume starts the crashed, deferred and unreached databases again; with retry_failed also the
+    refused and failed ones (after a person fixed them)."""
     log = get_run_logger()
     plan = load_or_make_plan(
         Path(manifest),
@@ -114,6 +116,7 @@ def migrate_fleet(
             board,
             deployment,
             parameters or {},
+            fleet.RETRIED + (fleet.NEED_A_PERSON if retry_failed else ()),
         )
         reason = fleet.should_halt(plan, wave, {k: c.outcome for k, c in children.items()})
         if reason:
@@ -341,11 +344,12 @@ def run_wave(
     board: Board,
     deployment: str,
     parameters: dict[str, Any],
+    again: tuple[fleet.Outcome, ...] = fleet.RETRIED,
 ) -> None:
     """Start the wave's runs, at most limits.running_per_host per host at a time (a process worker
     spawns every run it is given at once: 64 at once starved a 2-core host and its server, see
     bench/RESULTS-fleet.md), and poll them until each has an outcome; a crash is retried once."""
-    todo = [k for k in keys if children[k].outcome in (*RETRY, "pending") and not _active(children[k])]
+    todo = [k for k in keys if children[k].outcome in (*again, "pending") and not _active(children[k])]
     retried: set[str] = set()
     while True:
         active = [children[k] for k in keys if _active(children[k])]
@@ -495,6 +499,8 @@ class Board:
         if final:
             lines = [f"# Fleet {self.plan.fleet_id}", "", f"Plan digest `{self.plan.digest()}`", ""]
             lines += [f"- {outcome}: {n}" for outcome, n in sorted(self.counts().items())]
+            left = fleet.unfinished(self.plan.fleet_id, self.plan.manifest, self.counts())
+            lines += ["", f"**Not finished.** {left}"] if left else []
             create_markdown_artifact(
                 key=f"liteshift-fleet-summary-{self.plan.fleet_id}",
                 markdown="\n".join(lines) + "\n",

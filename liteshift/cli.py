@@ -142,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-parallel", type=int, default=4, help="runs started and not finished per host (default 4)"
     )
     fl.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on a resume, start the refused and failed databases again too (after you fixed them)",
+    )
+    fl.add_argument(
         "--param",
         action="append",
         default=[],
@@ -462,9 +467,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         params["max_running_per_host"] = args.max_parallel
         params["child_timeout_s"] = args.pending_timeout
         params["parameters"] = _child_parameters(args.param)
+        params["retry_failed"] = args.retry_failed
         counts = _in_flow("fleet", "migrate_fleet", params)
         done = ", ".join(f"{v} {k}" for k, v in counts.items())
         print(json.dumps(counts) if args.json else f"Fleet {args.fleet_id} done: {done}")
+        from liteshift.fleet import unfinished
+
+        left = unfinished(args.fleet_id, str(args.manifest), counts)
+        if left is not None:
+            raise left
         return EXIT_OK
     from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
 

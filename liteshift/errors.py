@@ -8,6 +8,9 @@ EXIT_BAD_INPUT = 2
 # `liteshift health` only: the database was measured and a threshold is breached.
 EXIT_WARNING = 3
 EXIT_CRITICAL = 4
+# `liteshift fleet run` only: every wave ran, nothing failed, but some databases are not migrated
+# (refused, deferred, unreached): a script must not read that as success.
+EXIT_INCOMPLETE = 5
 
 
 class MigrationError(Exception):

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from liteshift.errors import BadInput
+from liteshift.errors import EXIT_INCOMPLETE, BadInput, MigrationError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 FLEET_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
@@ -658,3 +658,36 @@ def should_halt(plan: Plan, wave: str, outcomes: dict[str, Outcome]) -> str | No
 def resume_hint(fleet_id: str, manifest: str) -> str:
     """The command that resumes a fleet: same manifest, same fleet id."""
     return f"liteshift fleet run --manifest {shlex.quote(manifest)} --fleet-id {fleet_id}"
+
+
+RETRIED: tuple[Outcome, ...] = ("crashed", "deferred", "unreached")  # what a resume starts again by itself
+NEED_A_PERSON: tuple[Outcome, ...] = (
+    "refused",
+    "failed",
+)  # started again only by a resume with --retry-failed
+
+
+class FleetIncomplete(MigrationError):
+    """Every wave ran and nothing failed, but some databases are not migrated (refused, deferred,
+    unreached). Exit 5: a fleet that skipped databases must not look like a success."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+def unfinished(fleet_id: str, manifest: str, counts: dict[str, int]) -> MigrationError | None:
+    """None when every database completed; else what is left and how to finish it, as the error
+    `fleet run` ends with: exit 1 when any failed (rolled back), exit 5 when none did."""
+    left = {k: n for k, n in counts.items() if k != "completed" and n}
+    if not left:
+        return None
+    total = sum(counts.values())
+    order = list(get_args(Outcome))
+    why = ", ".join(f"{left[k]} {k}" for k in sorted(left, key=order.index))
+    status = f"liteshift fleet status --manifest {shlex.quote(manifest)} --fleet-id {fleet_id}"
+    steps = [f"see each one's error with: {status}", f"then resume with: {resume_hint(fleet_id, manifest)}"]
+    if any(k in left for k in NEED_A_PERSON):
+        steps[-1] += " --retry-failed (once the refused and failed ones are fixed)"
+    what = f"Fleet {fleet_id} finished with {sum(left.values())} of {_count(total, 'database')} not migrated"
+    if "failed" in left:
+        return MigrationError(what, why + "; the failed ones were rolled back", "; ".join(steps))
+    return FleetIncomplete(what, why, "; ".join(steps))

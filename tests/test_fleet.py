@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from liteshift.errors import EXIT_BAD_INPUT
+from liteshift.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INCOMPLETE
 from liteshift.fleet import (
     DEFERRED_ERRORS,
     FAILED_ERRORS,
     MIN_FINISHED_FOR_RATE,
     OUTCOMES,
     REFUSED_ERRORS,
+    FleetIncomplete,
     Host,
     Manifest,
     ManifestInvalid,
@@ -32,6 +33,7 @@ from liteshift.fleet import (
     read_plan,
     resume_hint,
     should_halt,
+    unfinished,
     write_plan,
 )
 
@@ -697,4 +699,38 @@ def test_resume_hint() -> None:
     assert (
         resume_hint("f", "/srv/my fleet.toml")
         == "liteshift fleet run --manifest '/srv/my fleet.toml' --fleet-id f"
+    )
+
+
+def test_a_fleet_where_every_database_completed_is_finished() -> None:
+    assert unfinished("f", "/srv/fleet.toml", {"completed": 9}) is None
+
+
+def test_a_fleet_that_skipped_databases_ends_with_exit_5_and_says_how_to_finish() -> None:
+    left = unfinished("f", "/srv/fleet.toml", {"completed": 7, "unreached": 1, "deferred": 1})
+    assert isinstance(left, FleetIncomplete) and left.exit_code == EXIT_INCOMPLETE == 5
+    assert str(left) == (
+        "Fleet f finished with 2 of 9 databases not migrated: 1 deferred, 1 unreached. Try: see each "
+        "one's error with: liteshift fleet status --manifest /srv/fleet.toml --fleet-id f; then resume "
+        "with: liteshift fleet run --manifest /srv/fleet.toml --fleet-id f"
+    )
+
+
+def test_a_refused_database_needs_retry_failed_to_run_again() -> None:
+    left = unfinished("f", "/srv/my fleet.toml", {"completed": 5, "refused": 1})
+    assert isinstance(left, FleetIncomplete)
+    assert str(left) == (
+        "Fleet f finished with 1 of 6 databases not migrated: 1 refused. Try: see each one's error "
+        "with: liteshift fleet status --manifest '/srv/my fleet.toml' --fleet-id f; then resume with: "
+        "liteshift fleet run --manifest '/srv/my fleet.toml' --fleet-id f --retry-failed (once the "
+        "refused and failed ones are fixed)"
+    )
+
+
+def test_a_failure_below_the_threshold_still_ends_the_fleet_with_exit_1() -> None:
+    left = unfinished("f", "/srv/fleet.toml", {"completed": 8, "failed": 1})
+    assert left is not None and not isinstance(left, FleetIncomplete)
+    assert left.exit_code == EXIT_FAILED
+    assert str(left).startswith(
+        "Fleet f finished with 1 of 9 databases not migrated: 1 failed; the failed ones were rolled back. "
     )
