@@ -1,11 +1,18 @@
-"""Helpers the tests share: content snapshots and small migration directories."""
+"""Helpers the tests share: content snapshots, small migration directories, and the application
+as a separate writer process."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ALL_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -78,3 +85,66 @@ def tracked_versions(path: Path) -> list[str]:
             return []
     finally:
         con.close()
+
+
+class WriterProcess:
+    """The application as a separate process beside liteshift, running `script` with argv
+    [log, errors, stop, ready, done, *args]: it appends one line per commit to log (an error line
+    to errors), touches ready after its first commit, ends when stop exists and writes a JSON
+    summary to done. Stopped by its stop file, else killed by its PID."""
+
+    def __init__(self, script: str, work: Path, args: Sequence[object], stdin: str | None = None) -> None:
+        work.mkdir()
+        self.log, self.errors = work / "ops.log", work / "errors.log"
+        self.stop_file, self.ready, self.done = work / "stop", work / "ready", work / "done.json"
+        self.log.touch()
+        self.errors.touch()
+        files = (self.log, self.errors, self.stop_file, self.ready, self.done)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", script, *map(str, (*files, *args))],
+            stdin=None if stdin is None else subprocess.PIPE,
+            text=True,
+        )
+        try:
+            if stdin is not None:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(stdin)
+                self.proc.stdin.close()
+            deadline = time.monotonic() + 30
+            while not self.ready.exists():
+                assert self.proc.poll() is None, f"the writer exited: {self.error_lines()}"
+                assert time.monotonic() < deadline, "the writer committed nothing in 30 s"
+                time.sleep(0.02)
+        except BaseException:
+            self.stop()
+            raise
+
+    def lines(self) -> list[str]:
+        """One line per committed operation, in commit order (a line still being written is left out)."""
+        return self.log.read_text("utf-8").split("\n")[:-1]
+
+    def error_lines(self) -> list[str]:
+        return self.errors.read_text("utf-8").splitlines()
+
+    def wait_commits(self, count: int, timeout: float = 20.0) -> None:
+        """Wait until the writer has committed `count` more operations."""
+        target = len(self.lines()) + count
+        deadline = time.monotonic() + timeout
+        while len(self.lines()) < target:
+            assert self.proc.poll() is None, f"the writer exited: {self.error_lines()}"
+            assert time.monotonic() < deadline, f"the writer stalled: {len(self.lines())} of {target} commits"
+            time.sleep(0.02)
+
+    def stop(self) -> dict[str, float] | None:
+        """Ask the writer to stop; kill its PID when it has not within 30 s. Its summary, or None
+        when it had to be killed or failed."""
+        self.stop_file.touch()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+        if self.proc.returncode != 0 or not self.done.exists():
+            return None
+        return dict(json.loads(self.done.read_text("utf-8")))

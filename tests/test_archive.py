@@ -4,14 +4,11 @@ the database (and the archive) unchanged."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from helpers import snapshot
+from helpers import WriterProcess, snapshot
 
 from liteshift import archive as archive_module
 from liteshift.archive import PROGRESS, archive_rows, plan_archive
@@ -627,7 +624,7 @@ def test_a_different_row_under_an_archived_key_stays_live(tmp_path):
 WRITER = r"""
 import json, os, random, sqlite3, sys, time
 
-db, log_path, stop_path, ready_path, done_path, seed, cutoff, arc_path, deletes = sys.argv[1:10]
+log_path, _errors, stop_path, ready_path, done_path, db, seed, cutoff, arc_path, deletes = sys.argv[1:11]
 PACE_S = 0.0035
 rng = random.Random(int(seed))
 con = sqlite3.connect(db, isolation_level=None, timeout=10.0)
@@ -714,44 +711,16 @@ with open(done_path, "w", encoding="utf-8") as fh:
 """
 
 
-class Writer:
-    """The application as a separate process; stopped by its stop file, else killed by PID."""
+class Writer(WriterProcess):
+    """The application inserting, updating and deleting worklogs; one JSON line per commit."""
 
     def __init__(
         self, db: Path, arc: Path, work: Path, seed: int, cutoff: str = CUTOFF, deletes: bool = True
     ) -> None:
-        work.mkdir()
-        self.log, self.stop_file = work / "ops.log", work / "stop"
-        self.ready, self.done = work / "ready", work / "done.json"
-        self.log.touch()
-        args = [db, self.log, self.stop_file, self.ready, self.done, seed, cutoff, arc, int(deletes)]
-        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, *map(str, args)])
-        deadline = time.monotonic() + 30
-        while not self.ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("the writer did not start")
-            time.sleep(0.01)
+        super().__init__(WRITER, work, [db, seed, cutoff, arc, int(deletes)])
 
     def ops(self) -> list[list[Any]]:
-        lines = self.log.read_text("utf-8").split("\n")[:-1]
-        return [json.loads(line) for line in lines]
-
-    def wait_commits(self, count: int, timeout: float = 20.0) -> None:
-        target, deadline = len(self.ops()) + count, time.monotonic() + timeout
-        while len(self.ops()) < target:
-            assert self.proc.poll() is None and time.monotonic() < deadline, "the writer stalled"
-            time.sleep(0.01)
-
-    def stop(self) -> dict[str, float] | None:
-        self.stop_file.touch()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=30)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-            return None
-        return dict(json.loads(self.done.read_text("utf-8"))) if self.done.exists() else None
+        return [json.loads(line) for line in self.lines()]
 
 
 def expected_rows(original: dict[int, tuple[Any, ...]], ops: list[list[Any]]) -> dict[int, tuple[Any, Any]]:

@@ -12,17 +12,14 @@ with `pytest -m slow`.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from checks import applied_versions, integrity, json_summary
+from helpers import WriterProcess
 
 from liteshift.demo import build_demo_db
 from liteshift.faults import POINTS
@@ -91,7 +88,7 @@ INSERT = (
 WRITER = r"""
 import json, os, random, sqlite3, sys, time
 
-db, log_path, err_path, stop_path, ready_path, done_path, seed = sys.argv[1:8]
+log_path, err_path, stop_path, ready_path, done_path, db, seed = sys.argv[1:8]
 INSERT = sys.stdin.read()
 PACE_S = 0.004  # at most ~250 commits/s
 rng = random.Random(int(seed))
@@ -164,63 +161,16 @@ with open(done_path, "w", encoding="utf-8") as fh:
 """
 
 
-class Writer:
+class Writer(WriterProcess):
     """The writer process, started before the killed run and stopped (by its stop file, else its
     PID) after the rerun."""
 
     def __init__(self, db: Path, work: Path, seed: int) -> None:
-        work.mkdir()
-        self.log, self.errors = work / "ops.log", work / "errors.log"
-        self.stop_file, self.ready, self.done = work / "stop", work / "ready", work / "done.json"
-        self.log.touch()
-        self.errors.touch()
-        args = [self.log, self.errors, self.stop_file, self.ready, self.done, seed]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(db), *map(str, args)], stdin=subprocess.PIPE, text=True
-        )
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(INSERT)
-            self.proc.stdin.close()
-            deadline = time.monotonic() + 30
-            while not self.ready.exists():
-                assert self.proc.poll() is None, f"the writer exited: {self.error_lines()}"
-                assert time.monotonic() < deadline, "the writer committed nothing in 30 s"
-                time.sleep(0.02)
-        except BaseException:
-            self.stop()
-            raise
+        super().__init__(WRITER, work, [db, seed], stdin=INSERT)
 
     def ops(self) -> list[tuple[str, int, int]]:
-        """Every committed operation, in commit order (a line still being written is left out)."""
-        lines = self.log.read_text("utf-8").split("\n")[:-1]
-        return [(op, int(rowid), int(value)) for op, rowid, value in (line.split() for line in lines)]
-
-    def error_lines(self) -> list[str]:
-        return self.errors.read_text("utf-8").splitlines()
-
-    def wait_commits(self, count: int, timeout: float = 20.0) -> None:
-        """Wait until the writer has committed `count` more operations."""
-        target = len(self.ops()) + count
-        deadline = time.monotonic() + timeout
-        while len(self.ops()) < target:
-            assert self.proc.poll() is None, f"the writer exited: {self.error_lines()}"
-            assert time.monotonic() < deadline, f"the writer stalled: {len(self.ops())} of {target} commits"
-            time.sleep(0.02)
-
-    def stop(self) -> dict[str, float] | None:
-        """Ask the writer to stop; kill its PID when it has not within 30 s. Its summary, or None
-        when it had to be killed or failed."""
-        self.stop_file.touch()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=30)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-            return None
-        if self.proc.returncode != 0 or not self.done.exists():
-            return None
-        return dict(json.loads(self.done.read_text("utf-8")))
+        """Every committed operation, in commit order."""
+        return [(op, int(rowid), int(value)) for op, rowid, value in (line.split() for line in self.lines())]
 
 
 @pytest.fixture(scope="session")
