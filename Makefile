@@ -33,6 +33,7 @@ test: lint typecheck
 # its worker and the deployments; PIDs and logs in .run/. `make down` stops exactly those PIDs.
 # LITESHIFT_SERVER_DB=postgres: the server on a PostgreSQL cluster of its own (loopback, free port).
 # FLEET_MANIFEST=FILE: one worker per [hosts.NAME] table, on its queue (default liteshift-NAME).
+# LITESHIFT_WORKER_LIMIT=N: flow runs each worker runs at once (default 4).
 up: install
 	$(BIN)/python deployments/stack.py up
 

@@ -63,6 +63,7 @@ class Stack:
     extra_env: tuple[tuple[str, str], ...] = ()  # more variables for every process (tests)
     server_db: ServerDb = "sqlite"
     fleet_manifest: Path | None = None  # TOML with [hosts.NAME] tables: one worker per host
+    worker_limit: int = 4  # flow runs one worker runs at once: the host's own cap, whoever sends them
 
     @property
     def api_url(self) -> str:
@@ -444,11 +445,18 @@ def start_workers(stack: Stack, hosts: dict[str, str]) -> dict[str, int]:
     create_queues(stack, sorted(set(hosts.values())))
     pids: dict[str, int] = {}
     for host, queue in hosts.items():
-        args = [stack.prefect, "worker", "start", "--pool", POOL, "--work-queue", queue]
         # LITESHIFT_HOST_ID reaches the flow runs this worker starts: they know which host they are on.
         env = {"LITESHIFT_HOST_ID": host}
-        pids[host] = start(stack, f"worker-{host}", [*args, "--name", f"liteshift-{host}"], env=env)
+        pids[host] = start(stack, f"worker-{host}", worker_command(stack, host, queue), env=env)
     return pids
+
+
+def worker_command(stack: Stack, host: str, queue: str) -> list[str]:
+    """A host's process worker: its queue only, and at most stack.worker_limit flow runs at once. A
+    process worker otherwise spawns every run it is handed: 64 at once starved a 2-core host and
+    its server (bench/RESULTS-fleet.md). Runs past the limit wait Scheduled on the server."""
+    args = [stack.prefect, "worker", "start", "--pool", POOL, "--work-queue", queue]
+    return [*args, "--name", f"liteshift-{host}", "--limit", str(stack.worker_limit)]
 
 
 def start_server(stack: Stack) -> float:
@@ -483,7 +491,8 @@ def up(stack: Stack) -> None:
             for host, pid in start_workers(stack, hosts).items():
                 print(f"worker liteshift-{host} on queue {hosts[host]} (pid {pid})")
         else:
-            start(stack, "worker", [stack.prefect, "worker", "start", "--pool", POOL])
+            args = [stack.prefect, "worker", "start", "--pool", POOL, "--limit", str(stack.worker_limit)]
+            start(stack, "worker", args)
     except BaseException:
         down(stack)
         raise
@@ -517,12 +526,27 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("FLEET_MANIFEST") or None,
         help="TOML with [hosts.NAME] tables: one worker per host (default: $FLEET_MANIFEST)",
     )
+    p.add_argument(
+        "--worker-limit",
+        default=os.environ.get("LITESHIFT_WORKER_LIMIT") or "4",
+        help="flow runs each worker runs at once (default: $LITESHIFT_WORKER_LIMIT, else 4)",
+    )
     args = p.parse_args(argv)
     # Checked here, not by choices=: argparse does not check a default taken from the environment.
     if args.server_db not in get_args(ServerDb):
         p.error(f"--server-db (or LITESHIFT_SERVER_DB) is {args.server_db!r}: use sqlite or postgres")
+    if not str(args.worker_limit).isdigit() or int(args.worker_limit) < 1:
+        p.error(
+            f"--worker-limit (or LITESHIFT_WORKER_LIMIT) is {args.worker_limit!r}: use a whole number >= 1"
+        )
     manifest = Path(args.fleet_manifest).resolve() if args.fleet_manifest else None
-    stack = Stack(args.run_dir.resolve(), args.port, server_db=args.server_db, fleet_manifest=manifest)
+    stack = Stack(
+        args.run_dir.resolve(),
+        args.port,
+        server_db=args.server_db,
+        fleet_manifest=manifest,
+        worker_limit=int(args.worker_limit),
+    )
     try:
         if args.command == "up":
             up(stack)

@@ -22,6 +22,7 @@ from stack import (
     start_workers,
     stop,
     stop_postgres,
+    worker_command,
 )
 
 from liteshift.flows.runtime import free_port
@@ -162,4 +163,28 @@ def test_main_refuses_an_unknown_server_db(tmp_path, monkeypatch, capsys):
     assert exc.value.code == 2
     assert (
         "--server-db (or LITESHIFT_SERVER_DB) is 'mysql': use sqlite or postgres" in capsys.readouterr().err
+    )
+
+
+def test_each_host_worker_runs_at_most_its_limit_of_flow_runs(tmp_path):
+    stack = Stack(run_dir=tmp_path / "run", port=free_port(), root=tmp_path, worker_limit=3)
+    cmd = worker_command(stack, "eu-1", "liteshift-eu-1")
+    assert cmd[1:] == [
+        "worker", "start", "--pool", "liteshift", "--work-queue", "liteshift-eu-1",
+        "--name", "liteshift-eu-1", "--limit", "3",
+    ]  # fmt: skip
+    assert _stack(tmp_path).worker_limit == 4
+
+
+@pytest.mark.parametrize("value", ["0", "four", "-1"])
+def test_main_refuses_a_worker_limit_that_is_not_a_positive_whole_number(
+    tmp_path, monkeypatch, capsys, value
+):
+    monkeypatch.setenv("LITESHIFT_WORKER_LIMIT", value)
+    with pytest.raises(SystemExit) as exc:
+        main(["down", "--run-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert (
+        f"--worker-limit (or LITESHIFT_WORKER_LIMIT) is {value!r}: use a whole number >= 1"
+        in capsys.readouterr().err
     )
