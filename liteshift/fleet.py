@@ -660,11 +660,9 @@ def resume_hint(fleet_id: str, manifest: str) -> str:
     return f"liteshift fleet run --manifest {shlex.quote(manifest)} --fleet-id {fleet_id}"
 
 
-RETRIED: tuple[Outcome, ...] = ("crashed", "deferred", "unreached")  # what a resume starts again by itself
-NEED_A_PERSON: tuple[Outcome, ...] = (
-    "refused",
-    "failed",
-)  # started again only by a resume with --retry-failed
+# What a resume starts again by itself, and what only a resume with --retry-failed does.
+RETRIED: tuple[Outcome, ...] = ("crashed", "deferred", "unreached")
+NEED_A_PERSON: tuple[Outcome, ...] = ("refused", "failed")
 
 
 class FleetIncomplete(MigrationError):
@@ -676,7 +674,7 @@ class FleetIncomplete(MigrationError):
 
 def unfinished(fleet_id: str, manifest: str, counts: dict[str, int]) -> MigrationError | None:
     """None when every database completed; else what is left and how to finish it, as the error
-    `fleet run` ends with: exit 1 when any failed (rolled back), exit 5 when none did."""
+    `fleet run` ends with: exit 1 when any failed, exit 5 when none did."""
     left = {k: n for k, n in counts.items() if k != "completed" and n}
     if not left:
         return None
@@ -689,5 +687,5 @@ def unfinished(fleet_id: str, manifest: str, counts: dict[str, int]) -> Migratio
         steps[-1] += " --retry-failed (once the refused and failed ones are fixed)"
     what = f"Fleet {fleet_id} finished with {sum(left.values())} of {_count(total, 'database')} not migrated"
     if "failed" in left:
-        return MigrationError(what, why + "; the failed ones were rolled back", "; ".join(steps))
+        return MigrationError(what, why, "; ".join(steps))
     return FleetIncomplete(what, why, "; ".join(steps))

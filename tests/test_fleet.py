@@ -731,6 +731,9 @@ def test_a_failure_below_the_threshold_still_ends_the_fleet_with_exit_1() -> Non
     left = unfinished("f", "/srv/fleet.toml", {"completed": 8, "failed": 1})
     assert left is not None and not isinstance(left, FleetIncomplete)
     assert left.exit_code == EXIT_FAILED
-    assert str(left).startswith(
-        "Fleet f finished with 1 of 9 databases not migrated: 1 failed; the failed ones were rolled back. "
+    assert str(left) == (
+        "Fleet f finished with 1 of 9 databases not migrated: 1 failed. Try: see each one's error with: "
+        "liteshift fleet status --manifest /srv/fleet.toml --fleet-id f; then resume with: liteshift "
+        "fleet run --manifest /srv/fleet.toml --fleet-id f --retry-failed (once the refused and failed "
+        "ones are fixed)"
     )
