@@ -447,6 +447,7 @@ def describe(plan: fleet.Plan, children: dict[str, Child] | None, as_json: bool)
                 "state": child.outcome if child else None,
                 "attempts": child.attempts if child else None,
                 "run": str(child.run.id) if child and child.run else None,
+                "error": child.error if child else None,
             }
         )
     if as_json:
@@ -459,7 +460,10 @@ def describe(plan: fleet.Plan, children: dict[str, Child] | None, as_json: bool)
         f"({', '.join(f'{h} {n}' for h, n in sorted(hosts.items()))}); plan digest {plan.digest()[:16]}",
         f"canary {len(plan.canary)}, then waves of {', '.join(str(len(w)) for w in plan.waves) or 'none'}",
     ]
-    lines += [f"  {r['wave']:<8} {r['state'] or '':<10} {r['database']}" for r in rows]
+    for r in rows:
+        lines.append(f"  {r['wave']:<8} {r['state'] or '':<10} {r['database']}")
+        if r["error"]:  # why it is not migrated, the child run's own message (one line)
+            lines.append(f"           {' '.join(str(r['error']).split())[:300]}")
     return "\n".join(lines)
 
 

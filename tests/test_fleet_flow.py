@@ -3,6 +3,8 @@ resume adopts the runs a killed parent left (on the session's test server)."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from prefect import flow, get_client
@@ -97,3 +99,28 @@ def test_a_paused_child_waits_for_a_person_and_is_never_cancelled_as_unreached()
     assert child.run is not None and child.run.created is not None
     assert not fleet_flow.not_started(child)
     assert not fleet_flow.overdue(child, 1800.0, now=child.run.created.timestamp() + 10_000)
+
+
+def test_status_shows_each_database_state_and_why_it_is_not_migrated() -> None:
+    targets = [
+        fleet.Target(key=f"{h}:/srv/{h}.db", host=h, path=f"/srv/{h}.db", queue=f"liteshift-{h}")
+        for h in "ab"
+    ]
+    plan = fleet.make_plan("status-shown", targets, canary=1)
+    children = {t.key: fleet_flow.Child(t, plan.wave_of(t.key)) for t in targets}
+    canary, other = plan.canary[0], next(k for k in children if k not in plan.canary)
+    children[canary].outcome, children[canary].attempts = "completed", 1
+    refused = children[other]
+    refused.outcome, refused.attempts = "refused", 1
+    refused.error = "BadInput: Database /srv/b.db is not a SQLite database:\n  file is not a database"
+    text = fleet_flow.describe(plan, children, as_json=False).splitlines()
+    assert text[2:] == [
+        f"  canary   completed  {canary}",
+        f"  wave 1   refused    {other}",
+        "           BadInput: Database /srv/b.db is not a SQLite database: file is not a database",
+    ]
+    rows = json.loads(fleet_flow.describe(plan, children, as_json=True))["databases"]
+    assert [(r["database"], r["state"], r["error"]) for r in rows] == [
+        (canary, "completed", ""),
+        (other, "refused", refused.error),
+    ]

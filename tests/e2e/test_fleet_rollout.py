@@ -94,18 +94,27 @@ def stack(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             print(f"--- tail of {log.name}\n{log.read_text(errors='replace')[-2000:]}")
 
 
-def fleet(stack: Stack, manifest: Path, fleet_id: str, *args: str, wait: bool = True) -> Any:
-    """`liteshift fleet run` against the stack; (exit code, stdout + stderr) or the process."""
-    cmd = [
-        str(Path(sys.executable).with_name("liteshift")),
+def fleet_command(action: str, manifest: Path, fleet_id: str) -> list[str]:
+    """`liteshift fleet ACTION` for a scenario's manifest, its plans beside it."""
+    liteshift = str(Path(sys.executable).with_name("liteshift"))
+    plans = str(manifest.parent / "plans")
+    return [
+        liteshift,
         "fleet",
-        "run",
+        action,
         "--manifest",
         str(manifest),
         "--fleet-id",
         fleet_id,
         "--plan-dir",
-        str(manifest.parent / "plans"),
+        plans,
+    ]
+
+
+def fleet(stack: Stack, manifest: Path, fleet_id: str, *args: str, wait: bool = True) -> Any:
+    """`liteshift fleet run` against the stack; (exit code, stdout + stderr) or the process."""
+    cmd = [
+        *fleet_command("run", manifest, fleet_id),
         "--param",
         "retries=0",
         "--param",
@@ -223,6 +232,19 @@ def test_refused_and_deferred_are_not_failures_a_resume_finishes_the_deferred_an
     finally:
         holder.send_signal(signal.SIGTERM)
         holder.wait(30)
+    status = subprocess.run(
+        [*fleet_command("status", manifest, "mixed"), "--json"],
+        cwd=ROOT,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    shown = {r["database"]: r for r in json.loads(status.stdout.strip().splitlines()[-1])["databases"]}
+    assert shown[f"b:{corrupt}"]["state"] == "refused"
+    assert "is not a SQLite database" in shown[f"b:{corrupt}"]["error"], shown[f"b:{corrupt}"]
+    assert shown[f"c:{locked}"]["state"] == "deferred" and "locked" in shown[f"c:{locked}"]["error"]
     code, out = fleet(stack, manifest, "mixed", "--json")
     assert code == 5, out
     assert _counts(out) == {"completed": 5, "refused": 1}
@@ -399,8 +421,7 @@ def test_an_inventory_host_lists_its_own_databases_in_a_run_on_its_queue(stack: 
         f'migrations = "{MIGRATIONS}"\n[hosts.c]\n'
         f'paths = ["{workdir}/inventoried/c/*.db"]\ninventory = true\n'
     )
-    cmd = [str(Path(sys.executable).with_name("liteshift")), "fleet", "plan", "--manifest", str(manifest)]
-    cmd += ["--fleet-id", "inventoried", "--plan-dir", str(workdir / "plans"), "--json"]
+    cmd = [*fleet_command("plan", manifest, "inventoried"), "--json"]  # plans in workdir / "plans"
     done = subprocess.run(cmd, cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     plan = json.loads(done.stdout.strip().splitlines()[-1])
