@@ -114,8 +114,16 @@ def enforce_window(text: str | None, now: datetime | None = None) -> str:
     """Refuse with OutsideWindow when now is outside the window; describe the window otherwise."""
     if not text:
         return "no maintenance window configured"
-    window = parse_window(text)
-    moment = now or datetime.now(UTC)
+    closes = closing(text, now)
+    return f"inside {text.strip()!r} (closes {closes:%a %H:%M %Z})"
+
+
+def closing(text: str, now: datetime | None = None) -> datetime:
+    """When the window that contains now closes; OutsideWindow when now is outside it."""
+    return _closing(parse_window(text), now or datetime.now(UTC))
+
+
+def _closing(window: Window, moment: datetime) -> datetime:
     opened = window.opening(moment)
     if opened is None:
         nxt = window.next_opening(moment)
@@ -126,17 +134,6 @@ def enforce_window(text: str | None, now: datetime | None = None) -> str:
             f"run again when the window opens ({nxt:%a %Y-%m-%d %H:%M %Z}), "
             "or start it without maintenance_window",
         )
-    closes = opened + window.length
-    return f"inside {window.text!r} (closes {closes:%a %H:%M %Z})"
-
-
-def closing(text: str, now: datetime | None = None) -> datetime:
-    """When the window that contains now closes; OutsideWindow when now is outside it."""
-    moment = now or datetime.now(UTC)
-    enforce_window(text, moment)
-    window = parse_window(text)
-    opened = window.opening(moment)
-    assert opened is not None  # enforce_window refused otherwise
     return opened + window.length
 
 
@@ -151,7 +148,7 @@ def check_fits(text: str | None, predicted_s: float | None, basis: str, now: dat
         return "no maintenance window configured" if not text else f"no prediction ({basis})"
     window = parse_window(text)
     moment = now or datetime.now(UTC)
-    closes = closing(text, moment)
+    closes = _closing(window, moment)
     left = (closes - moment).total_seconds()
     if predicted_s > left:
         raise WindowTooShort(
