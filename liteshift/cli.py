@@ -13,8 +13,9 @@ import sqlite3
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from liteshift.config import DEMO_MIGRATIONS_DIR, RunConfig, cli_flag
 from liteshift.errors import (
@@ -31,6 +32,7 @@ if typing.TYPE_CHECKING:
     from liteshift.report import RunReport
     from liteshift.status import Status
 
+T = TypeVar("T")
 DEMO_DB = Path("data/worklog_storage.db")
 # The RunConfig fields that plan, status and rollback also take.
 LOCATION = ("database", "migrations_dir", "busy_timeout_ms")
@@ -477,26 +479,13 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         if left is not None:
             raise left
         return EXIT_OK
-    from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
 
-    configure_prefect()
-    api = connect_api()
-    from liteshift.flows import fleet as fleet_flow
-
-    api.wait()
-    with command_settings(api):
-        plan = fleet_flow.load_or_make_plan(
-            args.manifest,
-            args.fleet_id,
-            args.migrations_dir,
-            canary,
-            args.waves,
-            args.max_failures,
-            args.max_failure_rate,
-            None if args.plan_dir is None else str(args.plan_dir),
-        )
+    def show(fleet_flow: Any) -> str:
+        plan = fleet_flow.load_or_make_plan(**params | {"manifest": args.manifest})  # the flow's own names
         children = fleet_flow.adopt(plan) if args.action == "status" else None
-    print(fleet_flow.describe(plan, children, args.json))
+        return str(fleet_flow.describe(plan, children, args.json))
+
+    print(_on_api("fleet", show))
     return EXIT_OK
 
 
@@ -515,20 +504,26 @@ def _child_parameters(pairs: list[str]) -> dict[str, Any]:
 
 def _in_flow(module: str, name: str, params: dict[str, Any]) -> Any:
     """Run one of liteshift's flows on the configured API (or an embedded one)."""
-    import importlib
-
     from liteshift.db import check_is_sqlite_file
 
     if "database" in params:  # one message, before Prefect starts, for a wrong path
         check_is_sqlite_file(Path(params["database"]))
+    return _on_api(module, lambda flows: getattr(flows, name)(**params))
+
+
+def _on_api(module: str, call: Callable[[Any], T]) -> T:
+    """call(liteshift.flows.<module>) with Prefect pointed at the configured API (or an embedded
+    one, started while the module imports)."""
+    import importlib
+
     from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
 
     configure_prefect()
     api = connect_api()
-    fn = getattr(importlib.import_module(f"liteshift.flows.{module}"), name)
+    flows = importlib.import_module(f"liteshift.flows.{module}")
     api.wait()
     with command_settings(api):
-        return fn(**params)
+        return call(flows)
 
 
 if __name__ == "__main__":
