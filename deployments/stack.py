@@ -447,16 +447,16 @@ def start_workers(stack: Stack, hosts: dict[str, str]) -> dict[str, int]:
     for host, queue in hosts.items():
         # LITESHIFT_HOST_ID reaches the flow runs this worker starts: they know which host they are on.
         env = {"LITESHIFT_HOST_ID": host}
-        pids[host] = start(stack, f"worker-{host}", worker_command(stack, host, queue), env=env)
+        args = [*worker_command(stack), "--work-queue", queue, "--name", f"liteshift-{host}"]
+        pids[host] = start(stack, f"worker-{host}", args, env=env)
     return pids
 
 
-def worker_command(stack: Stack, host: str, queue: str) -> list[str]:
-    """A host's process worker: its queue only, and at most stack.worker_limit flow runs at once. A
-    process worker otherwise spawns every run it is handed: 64 at once starved a 2-core host and
-    its server (bench/RESULTS-fleet.md). Runs past the limit wait Scheduled on the server."""
-    args = [stack.prefect, "worker", "start", "--pool", POOL, "--work-queue", queue]
-    return [*args, "--name", f"liteshift-{host}", "--limit", str(stack.worker_limit)]
+def worker_command(stack: Stack) -> list[str]:
+    """A process worker of the pool running at most stack.worker_limit flow runs at once. A process
+    worker otherwise spawns every run it is handed: 64 at once starved a 2-core host and its server
+    (bench/RESULTS-fleet.md). Runs past the limit wait Scheduled on the server."""
+    return [stack.prefect, "worker", "start", "--pool", POOL, "--limit", str(stack.worker_limit)]
 
 
 def start_server(stack: Stack) -> float:
@@ -491,8 +491,7 @@ def up(stack: Stack) -> None:
             for host, pid in start_workers(stack, hosts).items():
                 print(f"worker liteshift-{host} on queue {hosts[host]} (pid {pid})")
         else:
-            args = [stack.prefect, "worker", "start", "--pool", POOL, "--limit", str(stack.worker_limit)]
-            start(stack, "worker", args)
+            start(stack, "worker", worker_command(stack))
     except BaseException:
         down(stack)
         raise
