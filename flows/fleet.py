@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,12 +478,14 @@ class Board:
     shown: dict[str, fleet.Outcome] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for c in self.children.values():
-            found[c.outcome] = found.get(c.outcome, 0) + 1
-        return found
+        return dict(Counter(c.outcome for c in self.children.values()))
 
     def publish(self, final: bool = False) -> None:
+        """Rewrite the artifacts when an outcome changed (every poll would be an API call each)."""
+        now = {k: c.outcome for k, c in self.children.items()}
+        if now == self.shown and self.progress_id is not None and not final:
+            return
+        self.shown = now
         done = sum(c.outcome not in ("pending", "running") for c in self.children.values())
         pct = round(100.0 * done / max(1, len(self.children)), 1)
         if self.progress_id is None:
@@ -491,10 +494,6 @@ class Board:
             )
         else:
             update_progress_artifact(self.progress_id, pct)
-        now = {k: c.outcome for k, c in self.children.items()}
-        if now == self.shown and not final:
-            return
-        self.shown = now
         create_table_artifact(
             key=f"liteshift-fleet-table-{self.plan.fleet_id}",
             table=[self.row(c) for c in self.children.values()],
