@@ -8,10 +8,9 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
+from rest import api
 from stack import (
     POOL,
     Stack,
@@ -92,12 +91,6 @@ def test_postgres_starts_on_loopback_restarts_on_its_data_and_stops_by_pid(
     assert not alive(second)
 
 
-def api(stack: Stack, path: str, body: Any = None) -> Any:
-    r = httpx.post(f"{stack.api_url}{path}", json=body or {}, timeout=30)
-    r.raise_for_status()
-    return r.json()
-
-
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 45) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -138,12 +131,11 @@ def test_up_on_postgres_starts_one_worker_per_host_on_its_queue(tmp_path: Path, 
     assert "LITESHIFT_HOST_ID" not in server_env
 
     def workers() -> set[str]:
-        return {w["name"] for w in api(stack, f"/work_pools/{POOL}/workers/filter")}
+        return {w["name"] for w in api(stack, "POST", f"/work_pools/{POOL}/workers/filter", {})}
 
     def polled() -> dict[str, bool]:
-        return {
-            q["name"]: q["last_polled"] is not None for q in api(stack, f"/work_pools/{POOL}/queues/filter")
-        }
+        queues = api(stack, "POST", f"/work_pools/{POOL}/queues/filter", {})
+        return {q["name"]: q["last_polled"] is not None for q in queues}
 
     wait_for(lambda: workers() >= {"liteshift-alpha", "liteshift-beta"}, "both workers registered")
     wait_for(lambda: all(polled().get(q) for q in queues.values()), "both queues polled")

@@ -1,4 +1,4 @@
-"""The e2e tests' one REST helper for a stack's Prefect server."""
+"""The tests' one REST helper for a stack's Prefect server (e2e and the stack tests)."""
 
 from __future__ import annotations
 
