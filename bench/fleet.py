@@ -596,15 +596,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
-        "rebuild_bench_alive": rebuild_alive(),
     }
-
-
-def rebuild_alive() -> bool:
-    pidfile = ROOT / "bench" / "out" / "rebuild" / "after-precheck" / "pid"
-    with contextlib.suppress(OSError, ValueError):
-        return Path(f"/proc/{int(pidfile.read_text())}").exists()
-    return False
 
 
 def prepare(work: Path, n: int) -> dict[str, Any]:
