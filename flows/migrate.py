@@ -36,6 +36,7 @@ from liteshift.flows.steps import (
 from liteshift.flows.ui import progress, publish_report, tag_run
 from liteshift.rebuild import finish_leftovers, merge_copy_stats
 from liteshift.report import RunReport, render_markdown
+from liteshift.restore import trim_ledger
 from liteshift.tasks.backup import Backup
 from liteshift.tasks.dry_run import render_plan
 from liteshift.tasks.rollback import Rollback
@@ -125,6 +126,7 @@ def _pipeline(cfg: RunConfig, report: RunReport) -> None:
         report.status = "nothing-to-do"
         report.warnings += lock.clear_dead_run(cfg.database, cfg.busy_timeout_ms)
         report.warnings += finish_leftovers(str(cfg.database), cfg.busy_timeout_ms)
+        report.warnings += trim_ledger(str(cfg.database), cfg.busy_timeout_ms)
         get_run_logger().info("Nothing to migrate in %s: %s applied", cfg.database, len(v.applied))
         return
     _step(report, "maintenance-window", lambda: enforce_window(cfg.maintenance_window), str)
@@ -166,7 +168,7 @@ def _locked_pipeline(cfg: RunConfig, report: RunReport, v: Validation) -> None:
     b = _step(
         report,
         "backup",
-        lambda: _retrying(backup, cfg)(cfg, on_progress=on_progress),
+        lambda: _retrying(backup, cfg)(cfg, on_progress=on_progress, watch_writes=v.needs_backup_to_undo),
         lambda b: f"{b.path} ({b.bytes / 1e6:.1f} MB, {b.mb_per_s:.0f} MB/s)",
     )
     report.backup = b
@@ -197,7 +199,7 @@ def _after_backup(cfg: RunConfig, report: RunReport, v: Validation, b: Backup) -
     a = _step(
         report,
         "migrate",
-        lambda: _retrying(migrate, cfg)(cfg, b.path, b.fingerprint, fid, on_progress),
+        lambda: _retrying(migrate, cfg)(cfg, b.path, fid, on_progress),
         lambda a: f"{', '.join(a.applied)}; write lock {a.lock_seconds:.3f} s",
     )
     report.applied, report.lock_seconds = a.applied, a.lock_seconds

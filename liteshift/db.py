@@ -63,18 +63,24 @@ def check_is_sqlite_file(path: Path) -> None:
 
 
 def connect(
-    path: Path | str, busy_timeout_ms: int = 5000, readonly: bool = False, immutable: bool = False
+    path: Path | str,
+    busy_timeout_ms: int = 5000,
+    readonly: bool = False,
+    immutable: bool = False,
+    uri: bool = False,
 ) -> sqlite3.Connection:
     """Open a connection in autocommit mode: the caller issues BEGIN/COMMIT itself.
 
     immutable: read a file nothing writes (a finished backup) without locks or a -shm file.
+    uri: read-write, opened by URI so that ATTACH takes URIs too (attach_immutable).
     """
-    if immutable:
-        uri = f"{_uri(path)}?mode=ro&immutable=1"
-        con = sqlite3.connect(uri, uri=True, isolation_level=None)
+    if uri:
+        con = sqlite3.connect(_uri(path), uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000)
+    elif immutable:
+        con = sqlite3.connect(f"{_uri(path)}?mode=ro&immutable=1", uri=True, isolation_level=None)
     elif readonly:
-        uri = f"{_uri(path)}?mode=ro"
-        con = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000)
+        target = f"{_uri(path)}?mode=ro"
+        con = sqlite3.connect(target, uri=True, isolation_level=None, timeout=busy_timeout_ms / 1000)
     else:
         con = sqlite3.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
     con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -86,12 +92,21 @@ def _uri(path: Path | str) -> str:
     return "file:" + urllib.parse.quote(str(Path(path).resolve()))
 
 
+def attach_immutable(con: sqlite3.Connection, path: Path | str, schema: str) -> None:
+    """ATTACH a file nothing writes (a finished backup) read-only, without locks (uri=True only)."""
+    con.execute(f"ATTACH DATABASE ? AS {schema}", (f"{_uri(path)}?mode=ro&immutable=1",))
+
+
 @contextmanager
 def connection(
-    path: Path | str, busy_timeout_ms: int = 5000, readonly: bool = False, immutable: bool = False
+    path: Path | str,
+    busy_timeout_ms: int = 5000,
+    readonly: bool = False,
+    immutable: bool = False,
+    uri: bool = False,
 ) -> Iterator[sqlite3.Connection]:
     """A connection that is always closed, and never left inside a transaction."""
-    con = connect(path, busy_timeout_ms, readonly, immutable)
+    con = connect(path, busy_timeout_ms, readonly, immutable, uri)
     try:
         yield con
     finally:

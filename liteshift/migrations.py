@@ -69,11 +69,6 @@ class Migration:
         return tuple(s for s in self.steps if isinstance(s, Rebuild))
 
     @property
-    def has_down(self) -> bool:
-        """A down section, or only rebuilds (whose down liteshift derives from the saved definitions)."""
-        return bool(self.down) or (bool(self.rebuilds) and not self.up)
-
-    @property
     def label(self) -> str:
         return f"{self.version}_{self.name}"
 

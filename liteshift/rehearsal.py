@@ -11,7 +11,7 @@ import re
 import sqlite3
 from dataclasses import dataclass, field
 
-from liteshift import rebuild
+from liteshift import inverse, rebuild
 from liteshift.errors import BadInput, MigrationError
 from liteshift.indexes import IndexDef, index_definition
 from liteshift.migrations import Migration, Rebuild, Step, dropped_index_names
@@ -34,6 +34,7 @@ class Rehearsal:
     index_only: bool
     downs_checked: bool = False  # every migration has a down and it undoes its up
     carried: dict[str, IndexDef] = field(default_factory=dict)  # indexes a rebuild puts back
+    undo: dict[str, str] = field(default_factory=dict)  # label -> down-section, derived or backup
 
 
 def schema_copy(con: sqlite3.Connection) -> sqlite3.Connection:
@@ -84,13 +85,15 @@ def rehearse(con: sqlite3.Connection, migrations: list[Migration]) -> Rehearsal:
         baseline = schema_shape(mem)
         created: dict[str, IndexDef] = {}
         carried: dict[str, IndexDef] = {}
-        saved: dict[str, list[tuple[str, str]]] = {}
+        downs: dict[str, list[Step] | None] = {}
+        undo: dict[str, str] = {}
         for mig in migrations:
-            saved[mig.version] = [
-                (r.table, _table_sql(mem, r.table)) for r in mig.rebuilds if _table_sql(mem, r.table)
-            ]
+            recorder = inverse.Recorder()
             for stmt in mig.steps:
+                recorder.before(mem, stmt)  # the derived down, read as the migration will
                 _run(mem, stmt, mig, "up")
+            downs[mig.version] = inverse.down_steps(mig, recorder.derived, recorder.rebuilds_back)
+            undo[mig.label] = inverse.undo_kind(mig, recorder)
             created.update(
                 (name, d) for name in mig.created_index_names() if (d := index_definition(mem, name))
             )
@@ -99,9 +102,9 @@ def rehearse(con: sqlite3.Connection, migrations: list[Migration]) -> Rehearsal:
                     if name not in created and (d := index_definition(mem, name)):
                         carried[name] = d
         after = _rows(mem)
-        downs_checked = bool(migrations) and all(m.has_down for m in migrations)
+        downs_checked = bool(migrations) and all(downs[m.version] is not None for m in migrations)
         if downs_checked:
-            _rehearse_downs(mem, migrations, baseline, saved)
+            _rehearse_downs(mem, migrations, baseline, downs)
     finally:
         mem.close()
     changed = {k for k in after if before.get(k) != after[k]} | {k for k in before if k not in after}
@@ -112,6 +115,7 @@ def rehearse(con: sqlite3.Connection, migrations: list[Migration]) -> Rehearsal:
         index_only=index_only(migrations),
         downs_checked=downs_checked,
         carried={k: v for k, v in carried.items() if k not in created},
+        undo=undo,
     )
 
 
@@ -121,26 +125,16 @@ def index_only(migrations: list[Migration]) -> bool:
     return all(isinstance(s, str) and INDEX_ONLY_RE.match(s) for s in steps)
 
 
-def _table_sql(mem: sqlite3.Connection, table: str) -> str:
-    row = mem.execute(
-        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ? COLLATE NOCASE", (table,)
-    )
-    found = row.fetchone()
-    return str(found[0]) if found else ""
-
-
 def _rehearse_downs(
     mem: sqlite3.Connection,
     migrations: list[Migration],
     baseline: Shape,
-    saved: dict[str, list[tuple[str, str]]],
+    downs: dict[str, list[Step] | None],
 ) -> None:
     """Run every down newest first, as a rollback would, and compare with the schema before."""
     for mig in reversed(migrations):
-        for stmt in mig.down:
+        for stmt in downs[mig.version] or []:
             _run(mem, stmt, mig, "down")
-        for table, sql in reversed(saved[mig.version]):
-            _run(mem, Rebuild(table, sql), mig, "down")
     now = schema_shape(mem)
     differences = sorted(
         f"{(baseline.get(name) or now[name])[0]} {name} "

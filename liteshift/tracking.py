@@ -3,8 +3,11 @@
 liteshift_meta records the layout of liteshift's own tables (`tracking_schema`), so a later
 liteshift can upgrade them safely, and an older one refuses a layout it does not know instead of
 misreading it. Layout 1 (liteshift 0.1) had no meta table and kept a restore proof as
-{"backup_current", "after"}; layout 2 keeps it as {"restore_if"}: the per-table [rows, max rowid]
-the live database must still have for a restore of the backup to lose nothing (null: never).
+{"backup_current", "after"}; layout 2 kept it as {"restore_if"}: per-table [rows, max rowid], which
+no UPDATE changes, so neither is trusted any more. Layout 3 keeps, per applied migration, how it is
+undone: {"undo": "down-section" | "derived" | "backup", "down": its derived down, "rebuilds_back":
+the rebuild back of each rebuild (null: it drops or rewrites a column), "proof": what a restore
+under the write lock checks (liteshift.restore; null: no restore is safe), "no_proof": why}.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from liteshift.errors import BadInput, ChecksumDrift
 from liteshift.migrations import Migration, Query
 
 TRACKING_TABLE = "liteshift_migrations"
 META_TABLE = "liteshift_meta"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TRACKING_DDL = f"""CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (
     version TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -31,7 +35,6 @@ TRACKING_DDL = f"""CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (
     fingerprint TEXT
 )"""
 META_DDL = f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-Fingerprint = dict[str, list[int]]
 
 
 class TrackingTooNew(BadInput):
@@ -50,14 +53,25 @@ class TrackingRow:
     backup_path: str | None
     fingerprint: str | None
 
-    def restore_if(self) -> Fingerprint | None:
-        """The fingerprint the database must have for a restore of the backup to lose nothing."""
+    def record(self) -> dict[str, Any]:
+        """How this migration is undone, as its transaction recorded it (layout 3; {} before)."""
         data = json.loads(self.fingerprint or "{}")
-        if "restore_if" in data:
-            return data["restore_if"]
-        if data.get("backup_current"):  # layout 1
-            return data.get("after")
-        return None
+        return data if "undo" in data else {}
+
+    def proof(self) -> dict[str, Any] | None:
+        """What a restore of the backup must find unchanged (None: no restore can be proven safe)."""
+        proof = self.record().get("proof")
+        return proof if isinstance(proof, dict) else None
+
+    def undo_path(self) -> str:
+        """How a rollback would undo it, in words (the file's down section is checked at rollback)."""
+        record = self.record()
+        if not record:
+            return "down section, else backup (recorded by an older liteshift)"
+        kind = {"down-section": "down section", "derived": "derived down", "backup": "backup"}[record["undo"]]
+        if record["undo"] == "backup":
+            kind += " under the write-ledger proof" if self.proof() else f" refused: {record.get('no_proof')}"
+        return kind
 
     def rebuilt(self) -> list[tuple[str, str]]:
         """(table, definition before) of each table the migration rebuilt, in order: its derived down."""
@@ -114,14 +128,15 @@ def ensure_current(con: sqlite3.Connection) -> int:
         return found  # nothing to write
     con.execute(TRACKING_DDL)
     con.execute(META_DDL)
-    if found == 1:
-        for version, data in con.execute(
-            f"SELECT version, fingerprint FROM {TRACKING_TABLE} WHERE fingerprint IS NOT NULL"
-        ).fetchall():
-            proof = TrackingRow(version, "", "", "", "", None, data).restore_if()
+    # Layouts 1 and 2 proved "nothing written" by row counts and max rowids, blind to UPDATEs:
+    # their proofs are dropped (the saved definitions of rebuilt tables are kept).
+    for version, data in con.execute(
+        f"SELECT version, fingerprint FROM {TRACKING_TABLE} WHERE fingerprint IS NOT NULL"
+    ).fetchall():
+        kept = {k: v for k, v in json.loads(data).items() if k == "rebuilt"} if found < 3 else None
+        if kept is not None:
             con.execute(
-                f"UPDATE {TRACKING_TABLE} SET fingerprint = ? WHERE version = ?",
-                (json.dumps({"restore_if": proof}), version),
+                f"UPDATE {TRACKING_TABLE} SET fingerprint = ? WHERE version = ?", (json.dumps(kept), version)
             )
     con.execute(
         f"INSERT OR REPLACE INTO {META_TABLE} (key, value) VALUES ('tracking_schema', ?)",

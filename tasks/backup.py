@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import os
@@ -13,10 +14,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from liteshift import faults
+from liteshift import faults, ledger
 from liteshift.config import RunConfig
-from liteshift.db import connection, copy_to_new_file, fingerprint, page_bytes, pragma_check
-from liteshift.errors import BadInput, CheckFailed
+from liteshift.db import (
+    connection,
+    copy_to_new_file,
+    fingerprint,
+    page_bytes,
+    pragma_check,
+    write_transaction,
+)
+from liteshift.errors import BadInput, CheckFailed, MigrationError
+from liteshift.restore import trim_ledger
 
 PARTIAL_SUFFIX = ".partial"
 Progress = Callable[[float], None]
@@ -50,9 +59,30 @@ def backup_path_for(db: Path, directory: Path, now: datetime | None = None) -> P
     return candidate
 
 
-def backup_database(cfg: RunConfig, on_progress: Progress | None = None) -> Backup:
-    """Copy the live database with the backup API, verify the copy, and only then name it."""
+def backup_database(cfg: RunConfig, on_progress: Progress | None = None, watch_writes: bool = True) -> Backup:
+    """Copy the live database with the backup API, verify the copy, and only then name it.
+
+    watch_writes: first put the write ledger on every table (liteshift.ledger), so that the backup
+    holds its counters and a later restore can prove what was written since. The flow passes
+    False when every pending migration has a down, which needs no such proof.
+    """
     remove_stale_partials(cfg.database, cfg.backup_directory)
+    if watch_writes:
+        with (
+            connection(cfg.database, cfg.busy_timeout_ms) as con,
+            write_transaction(con, cfg.database, cfg.busy_timeout_ms),
+        ):
+            ledger.watch_all(con)
+    try:
+        return _backup(cfg, on_progress)
+    except BaseException:
+        if watch_writes:  # a failed backup leaves the database as it found it, when it can
+            with contextlib.suppress(MigrationError, sqlite3.Error):
+                trim_ledger(str(cfg.database), cfg.busy_timeout_ms)
+        raise
+
+
+def _backup(cfg: RunConfig, on_progress: Progress | None) -> Backup:
     final = backup_path_for(cfg.database, cfg.backup_directory)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     claim = _create_private(partial)  # flocked until this process ends: the partial is ours

@@ -60,6 +60,7 @@ class DryRun:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     rebuilds: list[str] = field(default_factory=list)
+    undo: dict[str, str] = field(default_factory=dict)  # label -> down-section, derived or backup
 
     @property
     def growth_pct(self) -> float | None:
@@ -86,6 +87,7 @@ class DryRun:
             "queries": [{**q.__dict__, "uses_expected": q.uses_expected} for q in self.queries],
             "warnings": self.warnings,
             "error": self.error,
+            "undo": self.undo,
         }
 
 
@@ -111,7 +113,9 @@ def _copy(database: Path, target: Path, busy_timeout_ms: int) -> float:
 def dry_run(cfg: RunConfig) -> DryRun:
     """Validate, then apply the pending migrations to a copy and measure what changes."""
     v = validate_database(cfg)
-    result = DryRun(str(cfg.database), v.pending, size_before=v.size_bytes, warnings=list(v.warnings))
+    result = DryRun(
+        str(cfg.database), v.pending, size_before=v.size_bytes, warnings=list(v.warnings), undo=v.undo
+    )
     if not v.pending:
         return result
     todo = [m for m in load_migrations(cfg.migrations_dir) if m.label in v.pending]
@@ -160,6 +164,14 @@ def dry_run_or_refuse(cfg: RunConfig) -> DryRun:
     return result
 
 
+UNDO_WORDS = {
+    "down-section": "its down section",
+    "derived": "its derived down (the inverse of each step; every write since is kept)",
+    "backup": "only the backup: a rollback restores what it changed, and refuses if the application "
+    "wrote to those tables since",
+}
+
+
 def render_plan(d: DryRun) -> str:
     """The dry run as markdown: the approval form's description and `liteshift plan`'s output."""
     name = Path(d.database).name
@@ -184,6 +196,7 @@ def render_plan(d: DryRun) -> str:
         for n, desc in d.indexes.items()
     ]
     lines += [f"- **Rebuilds** {r} on the copy" for r in d.rebuilds]
+    lines += [f"- **Undo** of {label}: {UNDO_WORDS[kind]}" for label, kind in d.undo.items()]
     lines += [f"- ⚠️ {w}" for w in d.warnings]
     for label, stmts in d.statements.items():
         lines += ["", f"## {label}", "", "```sql", *[s + ";" for s in stmts], "```"]

@@ -14,14 +14,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from liteshift import faults, rebuild, rehearsal, tracking
+from liteshift import faults, inverse, ledger, rebuild, restore, tracking
 from liteshift.config import RunConfig
-from liteshift.db import begin_immediate, connection, fingerprint, is_locked_error, table_exists
+from liteshift.db import begin_immediate, connection, is_locked_error, table_exists
 from liteshift.errors import CheckFailed, MigrationError
 from liteshift.migrations import Migration, Rebuild, load_migrations
 from liteshift.sql import failure_detail
-from liteshift.tracking import TRACKING_TABLE, Fingerprint
+from liteshift.tracking import TRACKING_TABLE
 
 
 @dataclass
@@ -100,7 +101,6 @@ def _applied(cfg: RunConfig) -> dict[str, tracking.TrackingRow]:
 def apply_migrations(
     cfg: RunConfig,
     backup_path: str | None = None,
-    backup_fingerprint: Fingerprint | None = None,
     flow_run_id: str | None = None,
     on_progress: Callable[[float], None] | None = None,
 ) -> Applied:
@@ -117,9 +117,7 @@ def apply_migrations(
                 state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
                 rebuild.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms)
                 online[(version, spec.table.lower())] = state
-            result = _commit(
-                con, cfg, migrations, batch, backup_path, backup_fingerprint, flow_run_id, on_progress, online
-            )
+            result = _commit(con, cfg, migrations, batch, backup_path, flow_run_id, on_progress, online)
         con.execute("PRAGMA wal_autocheckpoint = 1000")
         checkpoint_start = time.perf_counter()
         con.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -135,7 +133,6 @@ def _commit(
     migrations: list[Migration],
     batch: str,
     backup_path: str | None,
-    backup_fingerprint: Fingerprint | None,
     flow_run_id: str | None,
     on_progress: Callable[[float], None] | None,
     online: dict[tuple[str, str], rebuild.Online],
@@ -144,6 +141,7 @@ def _commit(
     # COMMIT would otherwise also copy the new pages from the -wal into the file: that runs
     # after the write lock is released, so it is done and timed apart, not counted as lock.
     con.execute("PRAGMA wal_autocheckpoint = 0")
+    backup_writes = ledger.backup_counts(backup_path) if backup_path else None  # before the lock
     waited = time.perf_counter()
     begin_immediate(con, cfg.database, cfg.busy_timeout_ms)
     locked_at = time.perf_counter()
@@ -152,23 +150,17 @@ def _commit(
         applied = tracking.read_tracking(con)
         tracking.check_drift(migrations, applied)
         todo = tracking.pending(migrations, applied)  # re-read under the lock: no double apply
-        index_only = rehearsal.index_only(todo)
-        # A migration that writes rows needs the counts before and after to prove, later, that
-        # a restore would lose nothing; an index-only one changes no row, so the backup's own
-        # fingerprint is that proof, at no cost inside the lock. An online copy ran beside the
-        # application's writes: a restore could lose some, so no proof is recorded (the rollback
-        # runs the derived down instead).
-        proof_possible = backup_fingerprint is not None and not online
-        before = fingerprint(con) if todo and proof_possible and not index_only else None
         tracking.ensure_current(con)
+        before = restore.Before.read(con)
         changes = con.total_changes
-        rebuilt = {m.version: _definitions(con, m) for m in todo}
         stats: list[rebuild.RebuildStats] = []
-        timings = _apply(con, todo, batch, backup_path, flow_run_id, on_progress, online, stats)
-        rows_changed = con.total_changes - changes - len(todo)
-        _record_restore_proof(
-            con, todo, backup_fingerprint if proof_possible else None, before, index_only, rebuilt
-        )
+        recorders = {m.version: inverse.Recorder() for m in todo}
+        timings = _apply(con, todo, batch, backup_path, flow_run_id, on_progress, online, stats, recorders)
+        # The write ledger's triggers count in total_changes too: one per row they saw written.
+        counted = sum(n - before.writes.get(t, 0) for t, n in ledger.counts(con).items())
+        rows_changed = con.total_changes - changes - len(todo) - counted
+        if todo:
+            _record_undo(con, todo, recorders, backup_path, backup_writes, before)
         faults.point("migrate-before-commit")
         con.execute("COMMIT")
     except BaseException:
@@ -187,11 +179,6 @@ def _commit(
     )
 
 
-def _definitions(con: sqlite3.Connection, m: Migration) -> list[tuple[str, str]]:
-    """The definitions of the tables a migration rebuilds, before it runs: its derived down."""
-    return [(r.table, rebuild.read_table(con, r.table).sql) for r in m.rebuilds if table_exists(con, r.table)]
-
-
 def _apply(
     con: sqlite3.Connection,
     todo: list[Migration],
@@ -201,6 +188,7 @@ def _apply(
     on_progress: Callable[[float], None] | None,
     online: dict[tuple[str, str], rebuild.Online],
     stats: list[rebuild.RebuildStats],
+    recorders: dict[str, inverse.Recorder],
 ) -> dict[str, float]:
     timings = {}
     total = max(1, sum(len(m.steps) for m in todo))
@@ -208,6 +196,7 @@ def _apply(
     for m in todo:
         start = time.perf_counter()
         for stmt in m.steps:
+            recorders[m.version].before(con, stmt)  # its inverse, read before it runs
             if isinstance(stmt, Rebuild):
                 state = online.get((m.version, stmt.table.lower()))
                 stats.append(rebuild.cut_over(con, state) if state else rebuild.rebuild_blocking(con, stmt))
@@ -245,30 +234,40 @@ def _apply(
     return timings
 
 
-def _record_restore_proof(
+def _record_undo(
     con: sqlite3.Connection,
     todo: list[Migration],
-    backup_fingerprint: Fingerprint | None,
-    before: Fingerprint | None,
-    index_only: bool,
-    rebuilt: dict[str, list[tuple[str, str]]],
+    recorders: dict[str, inverse.Recorder],
+    backup_path: str | None,
+    backup_writes: dict[str, int] | None,
+    before: restore.Before,
 ) -> None:
-    """Record the fingerprint the database must keep for a restore of the backup to lose nothing.
-
-    None when no such proof exists: no backup, or a write landed between the backup and the lock.
-    """
-    if not todo:
-        return
-    if backup_fingerprint is None:
-        proof = None
-    elif index_only:
-        proof = backup_fingerprint
-    else:
-        proof = fingerprint(con) if before == backup_fingerprint else None
+    """Record how each migration is undone and, where only the backup can undo it, the proof a
+    restore will check; leave the write ledger on exactly the tables some proof needs."""
+    kinds = {m.version: inverse.undo_kind(m, recorders[m.version]) for m in todo}
+    proof: dict[str, Any] | None = None
+    why = "the run took no backup"
+    if backup_path is not None:
+        proof, why = restore.make_proof(con, backup_path, before, backup_writes)
+    if "backup" not in kinds.values() and proof is not None and proof["tables"]:
+        # Undone by its downs: a proof over rewritten tables would tax every write of the
+        # application with the ledger's triggers for nothing. One over schema objects alone is
+        # free, and lets a down that fails fall back to the backup.
+        proof, why = None, "undone by its down; no restore proof kept"
+    ledger.keep_only(con, restore.proof_tables(con) | set(proof["tables"] if proof else []))
+    if proof is not None:
+        restore.seal(con, proof)
     for m in todo:
-        record: dict[str, object] = {"restore_if": proof}
-        if rebuilt.get(m.version):
-            record["rebuilt"] = rebuilt[m.version]
+        derived = recorders[m.version].derived
+        record = {
+            "undo": kinds[m.version],
+            "down": inverse.to_json(derived) if derived is not None else None,
+            "rebuilds_back": [
+                inverse.to_json([b])[0] if b else None for b in recorders[m.version].rebuilds_back
+            ],
+            "proof": proof,
+            "no_proof": why,
+        }
         con.execute(
             f"UPDATE {TRACKING_TABLE} SET fingerprint = ? WHERE version = ?", (json.dumps(record), m.version)
         )

@@ -1,17 +1,26 @@
-"""The rollback: run the downs in one transaction, or restore the backup only when that loses nothing."""
+"""The rollback: the downs in one transaction, or a restore from the backup that loses nothing.
+
+A migration is undone, in this order of preference, by its down section, by the down derived when
+it was applied (liteshift.inverse), or by putting back from the backup what it changed, under the
+write lock and only when the write ledger proves no write reached those tables since
+(liteshift.restore). Whatever cannot be proven is refused, and nothing is changed.
+"""
 
 from __future__ import annotations
 
+import json
+import shlex
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from liteshift import faults, rebuild
-from liteshift.db import backup_pages, begin_immediate, connection, fingerprint, pragma_check
+from liteshift import faults, inverse, ledger, rebuild, restore
+from liteshift.db import attach_immutable, begin_immediate, connection, pragma_check, table_exists
 from liteshift.errors import CheckFailed, MigrationError, RollbackRefused
-from liteshift.migrations import Migration, Rebuild, load_migrations
-from liteshift.sql import failure_detail
+from liteshift.migrations import DROP_INDEX_RE, Migration, Rebuild, Step, load_migrations
+from liteshift.sql import failure_detail, quote_ident, unquote
 from liteshift.tasks.backup import PARTIAL_SUFFIX
 from liteshift.tracking import TRACKING_TABLE, TrackingRow, read_tracking
 
@@ -20,14 +29,31 @@ class DownFailed(RollbackRefused):
     """A down statement failed; its transaction was rolled back, so nothing was undone."""
 
 
+Action = Literal["nothing", "down", "derived-down", "restore", "refused"]
+PATHS = {
+    "nothing": "nothing to undo",
+    "down": "the migration's down section",
+    "derived-down": "the derived down (every write since is kept)",
+    "restore": "restore from the backup under the write-ledger proof",
+    "refused": "refused: nothing was changed",
+}
+
+
 @dataclass
 class Rollback:
-    """What the rollback did and what it verified afterwards."""
+    """What the rollback did (which path, and why) and what it verified afterwards."""
 
-    action: Literal["nothing", "down", "restore", "refused"]
+    action: Action
     undone: list[str]
     message: str
     verified: list[str] = field(default_factory=list)
+    lock_seconds: float = 0.0  # the write lock held by the downs, or by the proof and the restore
+    proof_seconds: float = 0.0  # of which the proof's check (restore only)
+
+    @property
+    def path(self) -> str:
+        """Which way the rollback went, in words, for the report and the UI."""
+        return PATHS[self.action]
 
 
 def rollback_database(
@@ -43,6 +69,7 @@ def rollback_database(
         if not _targets(con, versions):  # a read: no write lock needed to know there is nothing
             return Rollback("nothing", [], "the migration never committed: nothing to undo")
         begin_immediate(con, database, busy_timeout_ms)
+        locked = time.perf_counter()
         rows = _targets(con, versions)
         if not rows:
             con.execute("ROLLBACK")
@@ -57,20 +84,20 @@ def rollback_database(
             )
         todo = [migrations[r.version] for r in rows]
         faults.point("rollback-start")
-        if all(m.has_down for m in todo):
+        plans = {r.version: _down_steps(migrations[r.version], r) for r in rows}
+        if all(p is not None for p in plans.values()):
             try:
-                _run_downs(con, todo, {r.version: r for r in rows})
+                _run_downs(con, todo, plans)
             except DownFailed as exc:
                 result = _restore_after(exc, database, rows, backup_path, busy_timeout_ms)
             else:
                 faults.point("rollback-downs-committed")
-                result = Rollback(
-                    "down", [m.label for m in todo], f"ran the down of {', '.join(m.label for m in todo)}"
-                )
+                result = _downs_result(todo)
+                result.lock_seconds = time.perf_counter() - locked
         else:
             con.execute("ROLLBACK")
-            result = _restore(database, rows, backup_path, busy_timeout_ms)
-    result.verified = _verify(database, todo, busy_timeout_ms)
+            result = _restore(database, rows, backup_path, busy_timeout_ms, _why_backup(todo, rows, plans))
+    result.verified = _verify(database, todo, _kept_indexes(todo, plans), busy_timeout_ms)
     faults.point("rollback-verified")
     return result
 
@@ -85,15 +112,55 @@ def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[Tracki
     return sorted((applied[v] for v in versions if v in applied), key=lambda a: a.version, reverse=True)
 
 
-def _run_downs(con: sqlite3.Connection, todo: list[Migration], rows: dict[str, TrackingRow]) -> None:
-    """Every down, newest first, and the tracking rows' removal, in the one open transaction.
+def _down_steps(m: Migration, row: TrackingRow) -> list[Step] | None:
+    """The steps that undo one migration, from its file and what its transaction recorded."""
+    record = row.record()
+    if not record:  # recorded by liteshift before 0.9: the down section, rebuilds by saved definition
+        if not m.down and not (m.rebuilds and not m.up):
+            return None
+        return [*m.down, *(Rebuild(t, sql) for t, sql in reversed(row.rebuilt()))]
+    backs = [inverse.from_json([b])[0] if b else None for b in record.get("rebuilds_back", [])]
+    derived = inverse.from_json(record["down"]) if record.get("down") is not None else None
+    return inverse.down_steps(m, derived, [b if isinstance(b, Rebuild) else None for b in backs])
 
-    A migration's down is its down section, then its rebuilds undone newest first: each table
-    rebuilt back to the definition saved when the migration ran (foreign_keys is off).
-    """
+
+def _why_backup(todo: list[Migration], rows: list[TrackingRow], plans: dict[str, list[Step] | None]) -> str:
+    """Why only the backup can undo the batch, naming the migration and what it did."""
+    m = next(m for m in todo if plans[m.version] is None)
+    record = next(r for r in rows if r.version == m.version).record()
+    lossy = [
+        spec.table
+        for spec, back in zip(m.rebuilds, record.get("rebuilds_back", []), strict=False)
+        if back is None
+    ]
+    if lossy:
+        return (
+            f"{m.path.name} rebuilds {lossy[0]} dropping a column or filling one from an expression, "
+            "whose old values only the backup has"
+        )
+    return f"{m.path.name} has no down section and its up has no derived down"
+
+
+def _downs_result(todo: list[Migration]) -> Rollback:
+    labels = [m.label for m in todo]
+    if all(m.down for m in todo):
+        return Rollback("down", labels, f"ran the down of {', '.join(labels)}")
+    return Rollback(
+        "derived-down",
+        labels,
+        f"ran the derived down of {', '.join(labels)} (no down section; liteshift recorded the inverse "
+        "of each step when it applied it); every write since the migration is kept",
+    )
+
+
+def _run_downs(con: sqlite3.Connection, todo: list[Migration], plans: dict[str, list[Step] | None]) -> None:
+    """Every down, newest first, and the tracking rows' removal, in the one open transaction."""
     try:
         for m in todo:
-            for stmt in m.down:
+            for stmt in plans[m.version] or []:
+                if isinstance(stmt, Rebuild):
+                    _rebuild_back(con, m, stmt)
+                    continue
                 try:
                     con.execute(stmt)
                 except sqlite3.Error as exc:
@@ -103,9 +170,8 @@ def _run_downs(con: sqlite3.Connection, todo: list[Migration], rows: dict[str, T
                         "the database is left as the migration made it (nothing was undone); "
                         "fix the down section and run 'liteshift rollback' again",
                     ) from exc
-            for table, sql in reversed(rows[m.version].rebuilt()):
-                _rebuild_back(con, m, table, sql)
             con.execute(f"DELETE FROM {TRACKING_TABLE} WHERE version = ?", (m.version,))
+        _keep_needed_ledger(con)
         con.execute("COMMIT")
     except BaseException:
         if con.in_transaction:
@@ -113,15 +179,21 @@ def _run_downs(con: sqlite3.Connection, todo: list[Migration], rows: dict[str, T
         raise
 
 
-def _rebuild_back(con: sqlite3.Connection, m: Migration, table: str, sql: str) -> None:
+def _keep_needed_ledger(con: sqlite3.Connection) -> None:
+    """Watch only the tables the proofs of the migrations still applied need (none: no ledger)."""
+    ledger.keep_only(con, restore.proof_tables(con))
+
+
+def _rebuild_back(con: sqlite3.Connection, m: Migration, back: Rebuild) -> None:
     """Rebuild a table back to its saved definition; refuse when that cannot give back every value."""
-    back = Rebuild(table, sql)
+    table = back.table
     try:
-        current = rebuild.read_table(con, table)
+        current = {c.lower() for c in rebuild.read_table(con, table).columns}
+        mapped = {c.lower() for c in back.expressions}
         lost = [
             c
             for c in rebuild.plan_copy(rebuild.read_table(con, table), back).target.stored
-            if c.lower() not in {x.lower() for x in current.columns}
+            if c.lower() not in current and c.lower() not in mapped
         ]
         if lost:
             raise DownFailed(
@@ -144,9 +216,9 @@ def _rebuild_back(con: sqlite3.Connection, m: Migration, table: str, sql: str) -
 def _restore_after(
     failed: DownFailed, database: Path, rows: list[TrackingRow], backup_path: str | None, busy_timeout_ms: int
 ) -> Rollback:
-    """A down failed (and was rolled back): restore the backup instead, under the same proof."""
+    """A down failed (and was rolled back): restore from the backup instead, under the same proof."""
     try:
-        restored = _restore(database, rows, backup_path, busy_timeout_ms)
+        restored = _restore(database, rows, backup_path, busy_timeout_ms, failed.what)
     except RollbackRefused as exc:
         raise RollbackRefused(
             f"{failed.what}, and the backup cannot be restored instead",
@@ -158,30 +230,133 @@ def _restore_after(
 
 
 def _restore(
-    database: Path, rows: list[TrackingRow], backup_path: str | None, busy_timeout_ms: int
+    database: Path, rows: list[TrackingRow], backup_path: str | None, busy_timeout_ms: int, why: str
 ) -> Rollback:
-    """Restore the backup with the backup API, only when no write was committed after it."""
-    backup = backup_path or rows[0].backup_path
+    """Put back from the backup what the batch changed, in one write transaction that first
+    proves (write ledger, schema) that nothing was written to it since the migration."""
+    proof = rows[0].proof()
+    backup = backup_path or (proof or {}).get("backup") or rows[0].backup_path
+    versions = ", ".join(r.version for r in rows)
     if not backup or not Path(backup).exists():
         raise RollbackRefused(
-            f"Cannot undo {', '.join(r.version for r in rows)}: no down section and no backup",
+            f"Cannot undo {versions}: {why}, and there is no backup",
             f"backup {backup or '(none recorded)'} is not there",
             "write a down section for the migration, or restore a backup by hand",
         )
     _check_backup(backup, busy_timeout_ms)
-    expected = rows[0].restore_if()
+    if proof is None:
+        reason = rows[0].record().get("no_proof") or "the migration recorded no write-ledger proof"
+        raise RollbackRefused(
+            f"Refusing to restore the backup {backup}",
+            f"liteshift cannot prove that no write since the migration would be lost: {reason}",
+            "keep the database as it is, or write a down section for the migration and run "
+            "'liteshift rollback' again (a down keeps every row written since)",
+        )
+    if Path(backup).resolve() != Path(proof["backup"]).resolve():
+        raise RollbackRefused(
+            f"Refusing to restore {backup}",
+            f"the migration's proof was made against the backup {proof['backup']}",
+            f"run 'liteshift rollback' without --backup (it uses {proof['backup']})",
+        )
+    with connection(database, busy_timeout_ms, uri=True) as con, rebuild.foreign_keys_off(con):
+        attach_immutable(con, backup, restore.BACKUP_SCHEMA)
+        begin_immediate(con, database, busy_timeout_ms)
+        locked = time.perf_counter()
+        copied, proof_seconds = _restore_locked(con, database, rows, proof, backup)
+        con.execute("COMMIT")
+        lock_seconds = time.perf_counter() - locked
+        con.execute(f"DETACH DATABASE {restore.BACKUP_SCHEMA}")
+    tables = ", ".join(copied) if copied else "no table (schema objects only)"
+    return Rollback(
+        "restore",
+        [r.version for r in rows],
+        f"restored from the backup {backup}: {tables}; the write ledger proved, under the same write "
+        f"lock, that nothing was written to them since the migration ({why})",
+        lock_seconds=lock_seconds,
+        proof_seconds=proof_seconds,
+    )
+
+
+def _restore_locked(
+    con: sqlite3.Connection, database: Path, rows: list[TrackingRow], proof: dict[str, Any], backup: str
+) -> tuple[list[str], float]:
+    """Inside the write transaction: check the proof, then restore; refuse (and ROLLBACK) on any
+    doubt. Returns the tables copied back and the seconds the proof's check took."""
+    start = time.perf_counter()
+    found = restore.problems(con, proof)
+    proof_seconds = time.perf_counter() - start
+    if found:
+        con.execute("ROLLBACK")
+        hint = "keep the database as it is (the migration stays applied)"
+        if table_exists(con, found[0][0]):
+            hint += ", or move those rows by hand: " + _compare_command(con, database, backup, found[0][0])
+        raise RollbackRefused(
+            "Refusing to restore the backup over newer writes",
+            f"written or changed since the migration: {'; '.join(text for _, text in found)}; "
+            f"restoring {backup} would discard that",
+            hint,
+        )
+    faults.point("rollback-before-restore")
+    copied = restore.restore_changed(con, proof)
+    faults.point("rollback-restoring")
+    broken = restore.foreign_key_problems(con, copied)
+    if broken:
+        con.execute("ROLLBACK")
+        raise RollbackRefused(
+            "Refusing to restore the backup",
+            f"the restored rows would break foreign keys: {', '.join(broken)}",
+            "keep the database as it is, or fix those rows and run 'liteshift rollback' again",
+        )
+    for r in rows:
+        con.execute(f"DELETE FROM {TRACKING_TABLE} WHERE version = ?", (r.version,))
+    _keep_needed_ledger(con)
+    return copied, proof_seconds
+
+
+def finish_undo(database: Path, busy_timeout_ms: int = 5000) -> str:
+    """Keep what is applied and end its undo from the backup: drop the restore proofs and the
+    write ledger's triggers (the application's writes stop paying for them). Downs still work."""
     with connection(database, busy_timeout_ms) as con:
-        now = fingerprint(con)
-        if expected is None or now != expected:
-            raise RollbackRefused(
-                "Refusing to restore the backup over newer writes",
-                f"rows were written after the backup {backup} was taken; a restore would discard them",
-                f"keep the database as it is, or inspect {backup} and move the rows by hand",
-            )
-        with connection(backup, busy_timeout_ms) as src:
-            faults.point("rollback-before-restore")
-            backup_pages(src, con, during=lambda: faults.point("rollback-restoring"))
-    return Rollback("restore", [r.version for r in rows], f"restored the backup {backup}")
+        begin_immediate(con, database, busy_timeout_ms)
+        ended = []
+        for row in read_tracking(con).values():
+            record = row.record()
+            if record.get("proof") is not None:
+                record.update(
+                    proof=None, no_proof="its restore proof was ended by 'liteshift rollback --finish'"
+                )
+                con.execute(
+                    f"UPDATE {TRACKING_TABLE} SET fingerprint = ? WHERE version = ?",
+                    (json.dumps(record), row.version),
+                )
+                ended.append(f"{row.version}_{row.name}")
+        watched = sorted(ledger.guarded(con))
+        ledger.keep_only(con, [])
+        con.execute("COMMIT")
+    if not ended and not watched:
+        return "nothing to finish: no migration keeps a restore proof"
+    return (
+        f"ended the restore proof of {', '.join(ended) or 'no migration'} and removed the write ledger "
+        f"from {', '.join(watched) or 'no table'}; a migration without a down can no longer be undone "
+        "from its backup"
+    )
+
+
+def _compare_command(con: sqlite3.Connection, database: Path, backup: str, table: str) -> str:
+    """A sqlite3 command that lists the rows of a table written since the backup (by the columns
+    both versions have), to move by hand."""
+    live = [r[1] for r in con.execute(f"PRAGMA main.table_info({quote_ident(table)})")]
+    saved = {r[1] for r in con.execute(f"PRAGMA {restore.BACKUP_SCHEMA}.table_info({quote_ident(table)})")}
+    t = f"[{table}]" if "]" not in table else quote_ident(table)
+    cols = ", ".join(f"[{c}]" if "]" not in c else quote_ident(c) for c in live if c in saved)
+    sql = f"SELECT * FROM main.{t}"
+    if cols:
+        sql = f"SELECT {cols} FROM main.{t} EXCEPT SELECT {cols} FROM b.{t}"
+    attach = backup.replace("'", "''")
+    text = f"ATTACH '{attach}' AS b; {sql};"
+    for ch in ("\\", '"', "$", "`"):
+        text = text.replace(ch, "\\" + ch)
+    return f'sqlite3 {shlex.quote(str(database))} "{text}"'
 
 
 def _check_backup(backup: str, busy_timeout_ms: int) -> None:
@@ -206,8 +381,22 @@ def _check_backup(backup: str, busy_timeout_ms: int) -> None:
         )
 
 
-def _verify(database: Path, todo: list[Migration], busy_timeout_ms: int) -> list[str]:
-    """After the rollback: integrity, created indexes gone, tracking rows gone."""
+def _kept_indexes(todo: list[Migration], plans: dict[str, list[Step] | None]) -> set[str]:
+    """Indexes an up "created" with IF NOT EXISTS that were there before: its derived down keeps them."""
+    kept = set()
+    for m in todo:
+        plan = plans[m.version]
+        if m.down or plan is None:
+            continue
+        dropped = {
+            unquote(d.group("name")) for s in plan if isinstance(s, str) and (d := DROP_INDEX_RE.match(s))
+        }
+        kept |= set(m.created_index_names()) - dropped
+    return kept
+
+
+def _verify(database: Path, todo: list[Migration], kept: set[str], busy_timeout_ms: int) -> list[str]:
+    """After the rollback: integrity, created indexes gone (but those there before), tracking rows gone."""
     with connection(database, busy_timeout_ms) as con:
         problems = pragma_check(con, "quick_check")
         if problems:
@@ -220,7 +409,8 @@ def _verify(database: Path, todo: list[Migration], busy_timeout_ms: int) -> list
             n
             for m in todo
             for n in m.created_index_names()
-            if con.execute("SELECT 1 FROM sqlite_schema WHERE type='index' AND name=?", (n,)).fetchone()
+            if n not in kept
+            and con.execute("SELECT 1 FROM sqlite_schema WHERE type='index' AND name=?", (n,)).fetchone()
         ]
         tracked = set(read_tracking(con)) & {m.version for m in todo}
     if left or tracked:

@@ -52,6 +52,12 @@ class Validation:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     rebuilds: list[str] = field(default_factory=list)  # tables the pending migrations rebuild
+    undo: dict[str, str] = field(default_factory=dict)  # label -> down-section, derived or backup
+
+    @property
+    def needs_backup_to_undo(self) -> bool:
+        """Some pending migration can only be undone from the backup (under a write-ledger proof)."""
+        return "backup" in self.undo.values()
 
 
 def validate_database(cfg: RunConfig) -> Validation:
@@ -106,6 +112,7 @@ def validate_database(cfg: RunConfig) -> Validation:
         check=check,
         seconds=time.perf_counter() - start,
         warnings=warnings,
+        undo=rehearsal.undo,
     )
 
 

@@ -41,7 +41,12 @@ def snapshot(path: Path) -> dict[str, str]:
             result[f"schema:{kind}:{name}"] = sql or ""
             if kind == "table":
                 digest = hashlib.sha256()
-                for row in con.execute(f'SELECT * FROM "{name}" ORDER BY rowid'):
+                quoted = '"' + name.replace('"', '""') + '"'
+                try:
+                    rows = con.execute(f"SELECT * FROM {quoted} ORDER BY rowid").fetchall()
+                except sqlite3.OperationalError:  # WITHOUT ROWID: in primary-key order
+                    rows = con.execute(f"SELECT * FROM {quoted}").fetchall()
+                for row in rows:
                     digest.update(repr(row).encode())
                 result[f"rows:{name}"] = digest.hexdigest()
         return result

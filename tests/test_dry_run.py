@@ -53,6 +53,7 @@ def test_plan_command_prints_json_and_exit_codes(make_db, capsys):
     assert main(["plan", "--database", str(db), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["pending"] == ["001_add_composite_indexes"] and out["growth_pct"] > 0
+    assert out["undo"] == {"001_add_composite_indexes": "down-section"}
     bad = ["plan", "--database", str(db), "--migrations", str(FIXTURES / "unique_over_duplicates")]
     assert main(bad) == 1
     assert "Would FAIL" in capsys.readouterr().out
@@ -116,3 +117,22 @@ def test_plan_refuses_rows_that_break_a_rebuild_and_shows_the_rebuild(make_db, t
         "under '-- migrate:columns', then run again; nothing was written"
     )
     assert snapshot(db) == before
+
+
+def test_the_plan_says_how_each_migration_would_be_undone(make_db, tmp_path: Path):
+    from helpers import migrations_dir
+
+    db = make_db()
+    d = migrations_dir(
+        tmp_path,
+        {
+            "001_idx.sql": "-- migrate:up\nCREATE INDEX idx_secs ON worklogs(time_spent_seconds);\n",
+            "002_fix.sql": "-- migrate:up\nUPDATE teams SET name = trim(name);\n",
+        },
+    )
+    text = render_plan(dry_run(RunConfig.model_validate({"database": db, "migrations_dir": d})))
+    assert (
+        "- **Undo** of 001_idx: its derived down (the inverse of each step; every write since is kept)\n"
+        "- **Undo** of 002_fix: only the backup: a rollback restores what it changed, and refuses if the "
+        "application wrote to those tables since\n"
+    ) in text

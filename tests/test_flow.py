@@ -237,3 +237,45 @@ def test_a_rebuild_shows_its_phases_and_a_failure_after_it_is_rolled_back_by_the
     )
     assert tracked_versions(db2) == []
     assert before  # the first database is unchanged by the second run
+
+
+@pytest.mark.parametrize("app_write", [None, "UPDATE teams SET name = 'APP' WHERE id = 1"])
+def test_a_migration_only_the_backup_can_undo_is_restored_under_proof_or_refused(
+    make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_write: str | None
+) -> None:
+    import sqlite3
+
+    from helpers import migrations_dir
+
+    db = make_db()
+    before = user_snapshot(db)
+    d = migrations_dir(
+        tmp_path, {"001_fix.sql": "-- migrate:up\nUPDATE teams SET name = name || '!' WHERE id <= 2;\n"}
+    )
+
+    written: list[str] = []
+
+    def write_then_fail(*args: Any, **kwargs: Any) -> Any:
+        if app_write and not written:  # once, though the step is retried
+            with sqlite3.connect(db) as con:  # the application, after the migration's commit
+                con.execute(app_write)
+            written.append(app_write)
+        raise CheckFailed("Injected failure in integrity", "test", "none")
+
+    monkeypatch.setattr(flow_mod, "integrity", step_task(write_then_fail, "integrity", retry=False))
+    with pytest.raises(CheckFailed):
+        run(db, tmp_path, migrations_dir=str(d))
+    report = json.loads(next((tmp_path / "reports").glob("*.json")).read_text())
+    text = next((tmp_path / "reports").glob("*.md")).read_text()
+    if app_write is None:
+        assert report["rollback"]["action"] == "restore"
+        assert "- Path: restore from the backup under the write-ledger proof\n" in text
+        assert user_snapshot(db) == before and tracked_versions(db) == []
+    else:
+        assert report["rollback"]["action"] == "refused"
+        assert report["rollback"]["message"].startswith(
+            "Refusing to restore the backup over newer writes: written or changed since the migration: "
+            "teams (1 row write(s) since the migration)"
+        )
+        assert "- Path: refused: nothing was changed\n" in text
+        assert tracked_versions(db) == ["001"]

@@ -72,45 +72,73 @@ def test_locked_database_is_refused_without_writing(make_db, config) -> None:
     assert snapshot(db) == before
 
 
-def test_migration_without_down_records_a_restore_fingerprint(make_db, config, tmp_path: Path) -> None:
+def test_a_migration_without_backup_records_why_no_restore_is_proven(make_db, config, tmp_path: Path) -> None:
     db = make_db()
-    d = migrations_dir(tmp_path, {"001_a.sql": "-- migrate:up\nALTER TABLE teams ADD COLUMN x TEXT;\n"})
-    apply_migrations(config(db, migrations_dir=d), backup_fingerprint={"teams": [0, 0]})
+    d = migrations_dir(tmp_path, {"001_a.sql": "-- migrate:up\nUPDATE teams SET name = name || '!';\n"})
+    apply_migrations(config(db, migrations_dir=d))
     with sqlite3.connect(db) as con:
         (fp,) = con.execute("SELECT fingerprint FROM liteshift_migrations").fetchone()
-    # the backup's fingerprint differs from the database at lock time: a write landed in between,
-    # so no restore can ever be proven lossless
-    assert fp == '{"restore_if": null}'
+    assert json.loads(fp) == {
+        "undo": "backup",
+        "down": None,
+        "rebuilds_back": [],
+        "proof": None,
+        "no_proof": "the run took no backup",
+    }
 
 
-def test_an_index_migration_keeps_the_backup_fingerprint_as_its_restore_proof(make_db, config) -> None:
-    from liteshift.db import connection, fingerprint
-
+def test_an_index_migration_records_its_derived_down(make_db, config, tmp_path: Path) -> None:
     db = make_db()
-    with connection(db) as con:
-        now = fingerprint(con)
-    apply_migrations(config(db), backup_fingerprint=now)
+    d = migrations_dir(
+        tmp_path,
+        {
+            "001_a.sql": '-- migrate:up\nCREATE INDEX IF NOT EXISTS "by name" ON teams(name);\n'
+            "CREATE VIEW v AS SELECT name FROM teams;\nANALYZE teams;\n"
+            "DROP INDEX idx_worklogs_company;\nALTER TABLE teams RENAME COLUMN name TO title;\n"
+        },
+    )
+    apply_migrations(config(db, migrations_dir=d))
     with sqlite3.connect(db) as con:
         (fp,) = con.execute("SELECT fingerprint FROM liteshift_migrations").fetchone()
         (layout,) = con.execute("SELECT value FROM liteshift_meta WHERE key = 'tracking_schema'").fetchone()
-    assert json.loads(fp) == {"restore_if": now} and layout == "2"
+        ledger = con.execute("SELECT count(*) FROM sqlite_schema WHERE name LIKE 'liteshift_w%'").fetchone()
+    assert json.loads(fp)["undo"] == "derived" and layout == "3"
+    assert json.loads(fp)["down"] == [
+        {"sql": 'ALTER TABLE "teams" RENAME COLUMN "title" TO "name"'},
+        {"sql": 'CREATE INDEX "idx_worklogs_company"\n    ON "worklogs" ("company_id")'},
+        {"sql": 'DROP VIEW "v"'},
+        {"sql": 'DROP INDEX "by name"'},
+    ]
+    assert ledger == (0,), "no proof is needed, so no trigger taxes the application's writes"
 
 
-def test_a_tracking_table_of_layout_1_is_upgraded_in_the_migration(make_db, config, tmp_path: Path) -> None:
-    from liteshift.tracking import TRACKING_DDL
+@pytest.mark.parametrize("layout", [1, 2])
+def test_an_older_layout_loses_its_unsound_restore_proof_in_the_upgrade(make_db, config, layout: int) -> None:
+    from liteshift.tracking import META_DDL, TRACKING_DDL
 
     db = make_db()
+    old = (
+        {"backup_current": True, "after": {"teams": [1, 2]}}
+        if layout == 1
+        else {"restore_if": {"teams": [1, 2]}, "rebuilt": [["teams", "CREATE TABLE teams (id)"]]}
+    )
     with sqlite3.connect(db) as con:
         con.execute(TRACKING_DDL)
+        if layout == 2:
+            con.execute(META_DDL)
+            con.execute("INSERT INTO liteshift_meta VALUES ('tracking_schema', '2')")
         con.execute(
             "INSERT INTO liteshift_migrations VALUES ('000', 'old', 'x', 't', 0, NULL, 'b0', '/b', ?)",
-            (json.dumps({"backup_current": True, "after": {"teams": [1, 2]}}),),
+            (json.dumps(old),),
         )
     apply_migrations(config(db))
     with sqlite3.connect(db) as con:
         rows = dict(con.execute("SELECT version, fingerprint FROM liteshift_migrations").fetchall())
-        (layout,) = con.execute("SELECT value FROM liteshift_meta WHERE key = 'tracking_schema'").fetchone()
-    assert json.loads(rows["000"]) == {"restore_if": {"teams": [1, 2]}} and layout == "2"
+        (layout_now,) = con.execute(
+            "SELECT value FROM liteshift_meta WHERE key = 'tracking_schema'"
+        ).fetchone()
+    kept = {} if layout == 1 else {"rebuilt": [["teams", "CREATE TABLE teams (id)"]]}
+    assert json.loads(rows["000"]) == kept and layout_now == "3"
 
 
 def test_a_tracking_layout_from_a_newer_liteshift_is_refused(make_db, config) -> None:
@@ -124,7 +152,7 @@ def test_a_tracking_layout_from_a_newer_liteshift_is_refused(make_db, config) ->
     with pytest.raises(BadInput) as err:
         apply_migrations(config(db))
     assert str(err.value) == (
-        "The database's liteshift tables have layout 9: this liteshift knows layouts up to 2; a newer "
+        "The database's liteshift tables have layout 9: this liteshift knows layouts up to 3; a newer "
         "liteshift wrote them. Try: run the newer liteshift (pip install -U liteshift); nothing was written"
     )
     assert snapshot(db) == before

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT_MIGRATIONS, migrations_dir, snapshot, tracked_versions, user_snapshot
+from helpers import PROJECT_MIGRATIONS, index_names, migrations_dir, snapshot, tracked_versions, user_snapshot
 
 from liteshift.errors import RollbackRefused
 from liteshift.tasks.backup import backup_database
 from liteshift.tasks.migrate import apply_migrations
 from liteshift.tasks.rollback import rollback_database
 
-NO_DOWN = {"001_col.sql": "-- migrate:up\nALTER TABLE teams ADD COLUMN region TEXT;\n"}
+# Rows changed with no down section: only the backup can undo it.
+NO_DOWN = {"001_col.sql": "-- migrate:up\nUPDATE teams SET name = name || '!' WHERE id <= 3;\n"}
 
 
 def test_nothing_to_undo_when_never_committed(make_db) -> None:
@@ -62,7 +64,12 @@ def test_restore_when_no_down_and_no_writes_since(make_db, config, tmp_path: Pat
     before = user_snapshot(db)
     d, b = _applied_with_backup(db, config, tmp_path, NO_DOWN)
     r = rollback_database(db, d, ["001"], b.path)
-    assert (r.action, r.message) == ("restore", f"restored the backup {b.path}")
+    assert (r.action, r.message) == (
+        "restore",
+        f"restored from the backup {b.path}: teams; the write ledger proved, under the same write lock, "
+        "that nothing was written to them since the migration (001_col.sql has no down section and its "
+        "up has no derived down)",
+    )
     assert user_snapshot(db) == before
     assert tracked_versions(db) == []
 
@@ -71,14 +78,29 @@ def test_restore_over_newer_writes_is_refused(make_db, config, tmp_path: Path) -
     db = make_db()
     d, b = _applied_with_backup(db, config, tmp_path, NO_DOWN)
     with sqlite3.connect(db) as con:
-        con.execute("INSERT INTO companies (name) VALUES ('written after the backup')")
+        con.execute("INSERT INTO teams (company_id, name) VALUES (1, 'written after the backup')")
     before = snapshot(db)
     with pytest.raises(RollbackRefused) as err:
         rollback_database(db, d, ["001"], b.path)
+    assert str(err.value).startswith(
+        "Refusing to restore the backup over newer writes: written or changed since the migration: "
+        f"teams (1 row write(s) since the migration); restoring {b.path} would discard that. Try: keep "
+        "the database as it is (the migration stays applied), or move those rows by hand: sqlite3 "
+    )
+    assert snapshot(db) == before
+
+
+def test_a_restore_from_another_backup_than_the_proofs_is_refused(make_db, config, tmp_path: Path) -> None:
+    db = make_db()
+    d, b = _applied_with_backup(db, config, tmp_path, NO_DOWN)
+    other = tmp_path / "other.backup"
+    shutil.copyfile(b.path, other)
+    before = snapshot(db)
+    with pytest.raises(RollbackRefused) as err:
+        rollback_database(db, d, ["001"], str(other))
     assert str(err.value) == (
-        f"Refusing to restore the backup over newer writes: rows were written after the backup "
-        f"{b.path} was taken; a restore would discard them. Try: keep the database as it is, or "
-        f"inspect {b.path} and move the rows by hand"
+        f"Refusing to restore {other}: the migration's proof was made against the backup {b.path}. "
+        f"Try: run 'liteshift rollback' without --backup (it uses {b.path})"
     )
     assert snapshot(db) == before
 
@@ -121,24 +143,27 @@ def test_a_failing_down_falls_back_to_the_verified_backup(make_db, config, tmp_p
     assert (r.action, r.message) == (
         "restore",
         "The down of 001_i.sql failed (no such index: i_missing in: DROP INDEX i_missing); "
-        f"restored the backup {b.path} instead",
+        f"restored from the backup {b.path}: no table (schema objects only); the write ledger proved, "
+        "under the same write lock, that nothing was written to them since the migration (The down of "
+        "001_i.sql failed) instead",
     )
     assert user_snapshot(db) == before and tracked_versions(db) == []
 
 
-def test_a_failing_down_after_newer_writes_restores_nothing(make_db, config, tmp_path: Path) -> None:
+def test_a_failing_down_falls_back_to_a_restore_that_keeps_other_writes(
+    make_db, config, tmp_path: Path
+) -> None:
     db = make_db()
     d, b = _applied_with_backup(db, config, tmp_path, BAD_DOWN)
     with sqlite3.connect(db) as con:
-        con.execute("INSERT INTO companies (name) VALUES ('written after the migration')")
-    before = snapshot(db)
-    with pytest.raises(RollbackRefused) as err:
-        rollback_database(db, d, ["001"], b.path)
-    assert str(err.value).startswith(
-        "The down of 001_i.sql failed, and the backup cannot be restored instead: no such index: "
-        f"i_missing in: DROP INDEX i_missing; rows were written after the backup {b.path} was taken"
-    )
-    assert snapshot(db) == before
+        con.execute("INSERT INTO companies (id, name) VALUES (900, 'written after the migration')")
+    r = rollback_database(db, d, ["001"], b.path)
+    assert r.action == "restore"
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT name FROM companies WHERE id = 900").fetchone() == (
+            "written after the migration",
+        )
+    assert "i" not in index_names(db)
 
 
 def _applied_with_backup(db: Path, config, tmp_path: Path, files: dict[str, str]):
@@ -146,5 +171,5 @@ def _applied_with_backup(db: Path, config, tmp_path: Path, files: dict[str, str]
     d = migrations_dir(tmp_path, files)
     cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
     b = backup_database(cfg)
-    apply_migrations(cfg, backup_path=b.path, backup_fingerprint=b.fingerprint)
+    apply_migrations(cfg, backup_path=b.path)
     return d, b

@@ -46,7 +46,7 @@ def test_committed_rows_still_in_the_wal_are_backed_up_and_counted(new_db):
         assert con.execute("SELECT count(*) FROM worklogs WHERE comment = 'wal row'").fetchone() == (1000,)
         con.close()
         assert v.size_bytes > main_only.stat().st_size, "the size counts the pages still in the WAL"
-        apply_migrations(cfg, b.path, b.fingerprint)
+        apply_migrations(cfg, b.path)
         assert app.execute("SELECT count(*) FROM worklogs").fetchone() == (2000 + WRITER_ROWS,)
     finally:
         app.close()
@@ -85,7 +85,7 @@ def test_hot_rollback_journal_is_recovered_on_open(new_db, tmp_path):
     assert not journal.exists() or journal.stat().st_size == 0
     assert user_content(snapshot(db)) == before, "nothing of the crashed transaction survives"
     b = backup_database(cfg)
-    apply_migrations(cfg, b.path, b.fingerprint)
+    apply_migrations(cfg, b.path)
     assert apply_migrations(cfg).applied == [], "nothing is applied twice"
     assert applied_versions(db) == ["001"]
     assert user_content(snapshot(db))["tables"] == before["tables"]

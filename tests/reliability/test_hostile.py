@@ -164,7 +164,7 @@ def test_hostile_identifiers_are_quoted_in_every_step(tmp_path, make_migrations)
     queries = [q for m in load_migrations(mig_dir) for q in m.queries]
     b = backup_database(cfg)
     assert b.counts == {WEIRD_TABLE: 500, "companies": 0}
-    a = apply_migrations(cfg, b.path, b.fingerprint)
+    a = apply_migrations(cfg, b.path)
     assert a.applied == ["001_weird"]
     assert [i.name for i in verify_indexes(cfg, v.indexes)] == [WEIRD_INDEX]
     assert check_integrity(cfg, v.touched_tables, v.index_only, a.rows_changed).counts == {WEIRD_TABLE: 500}

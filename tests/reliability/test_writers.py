@@ -27,6 +27,8 @@ from checks import (
 ROWS = 500_000
 WRITER = Path(__file__).with_name("writer.py")
 NO_DOWN_SQL = MIG_001.read_text().split("-- migrate:down")[0]
+# A row written with no down section: only the backup can undo it, and the writer writes worklogs.
+REWRITES_SQL = NO_DOWN_SQL + "UPDATE worklogs SET comment = comment WHERE id = 1;\n"
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +89,7 @@ def _migrations(tmp_path: Path, sql: str, sidecar: str | None) -> Path:
 
 @pytest.mark.parametrize(
     "scenario",
-    ["completes", "fails-rolls-back-by-down", "fails-restore-refused"],
+    ["completes", "fails-rolls-back-by-down", "fails-rolls-back-by-derived-down", "fails-restore-refused"],
 )
 def test_writer_through_a_run(scenario, big_db, tmp_path, run_cli, record):
     db = tmp_path / "w.db"
@@ -98,8 +100,10 @@ def test_writer_through_a_run(scenario, big_db, tmp_path, run_cli, record):
         migs = MIG_001.parent
     elif scenario == "fails-rolls-back-by-down":
         migs = _migrations(tmp_path, MIG_001.read_text(), UNSERVED_SIDECAR)
-    else:
+    elif scenario == "fails-rolls-back-by-derived-down":
         migs = _migrations(tmp_path, NO_DOWN_SQL, UNSERVED_SIDECAR)
+    else:
+        migs = _migrations(tmp_path, REWRITES_SQL, UNSERVED_SIDECAR)
 
     writer = Writer(db, tmp_path)
     proc = run_cli("run", "--database", db, "--migrations", migs, "--report-dir", tmp_path / "r", "--json")
@@ -120,19 +124,23 @@ def test_writer_through_a_run(scenario, big_db, tmp_path, run_cli, record):
     if scenario == "completes":
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert applied_versions(db) == ["001"] and set(CREATED_001) <= index_names(db)
-    elif scenario == "fails-rolls-back-by-down":
+    elif scenario.startswith("fails-rolls-back-by-"):
         assert proc.returncode == 1
-        assert summary["rollback"]["action"] == "down"
+        assert summary["rollback"]["action"] == scenario.removeprefix("fails-rolls-back-by-")
         assert applied_versions(db) == [] and not set(CREATED_001) & index_names(db)
     else:
         assert proc.returncode == 1
         backup = summary["backup"]["path"]
         assert summary["rollback"]["action"] == "refused"
-        assert summary["rollback"]["message"] == (
-            f"Refusing to restore the backup over newer writes: rows were written after the backup "
-            f"{backup} was taken; a restore would discard them. Try: keep the database as it is, or "
-            f"inspect {backup} and move the rows by hand"
-        )
+        # The writer wrote worklogs before the migration's lock (no proof) or after its commit.
+        assert summary["rollback"]["message"].startswith(
+            (
+                f"Refusing to restore the backup {backup}: liteshift cannot prove that no write since "
+                "the migration would be lost: table worklogs was written between the backup and",
+                "Refusing to restore the backup over newer writes: written or changed since the "
+                "migration: worklogs (",
+            )
+        ), summary["rollback"]["message"]
         assert applied_versions(db) == ["001"], "refused: the database stays as the migration made it"
     record(
         kind="writer",

@@ -1,0 +1,420 @@
+"""Undo never loses a write: for each kind of change, an application INSERT, UPDATE and DELETE
+committed after the migration is still there after the rollback, or the rollback refused and
+nothing changed."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from helpers import migrations_dir, snapshot, tracked_versions, user_snapshot
+
+from liteshift import faults
+from liteshift.errors import RollbackRefused
+from liteshift.tasks.backup import backup_database
+from liteshift.tasks.migrate import apply_migrations
+from liteshift.tasks.rollback import rollback_database
+
+RATES_SQL = """CREATE TABLE billing_rates (
+   "id" INTEGER PRIMARY KEY,
+   "billing_project_id" INTEGER NOT NULL REFERENCES "billing_projects"("id"),
+   "user_email" TEXT NOT NULL,
+   "issue_type" TEXT NOT NULL,
+   {last}
+);"""
+# Each kind of change: (migration file, rebuild mode, how the rollback undoes it).
+KINDS = {
+    "index-only": (
+        "-- migrate:up\nCREATE INDEX idx_secs ON billing_rates(rate_cents);\n",
+        "auto",
+        "derived-down",
+    ),
+    "added-column": (
+        "-- migrate:up\nALTER TABLE billing_rates ADD COLUMN currency TEXT;\n",
+        "auto",
+        "derived-down",
+    ),
+    "blocking-rebuild": (
+        "-- migrate:rebuild billing_rates\n"
+        + RATES_SQL.format(last='"rate_cents" INTEGER NOT NULL, "currency" TEXT')
+        + "\n",
+        "blocking",
+        "derived-down",
+    ),
+    "online-rebuild": (
+        "-- migrate:rebuild billing_rates\n"
+        + RATES_SQL.format(last='"rate_cents" INTEGER NOT NULL CHECK ("rate_cents" >= 0)')
+        + "\n",
+        "online",
+        "derived-down",
+    ),
+    "online-rename": (
+        "-- migrate:rebuild billing_rates\n"
+        + RATES_SQL.format(last='"rate" INTEGER NOT NULL')
+        + "\n-- migrate:columns\n-- rate = rate_cents\n",
+        "online",
+        "derived-down",
+    ),
+    "dropped-column": (
+        "-- migrate:rebuild billing_rates\n" + RATES_SQL.format(last='"note" TEXT') + "\n",
+        "blocking",
+        "restore",
+    ),
+    "data-change": (
+        "-- migrate:up\nUPDATE billing_rates SET rate_cents = rate_cents + 1 WHERE id <= 10;\n",
+        "auto",
+        "restore",
+    ),
+}
+# The application's writes to billing_rates after the migration, whatever its columns are now.
+WRITES = {
+    "insert": "INSERT INTO billing_rates (id, billing_project_id, user_email, issue_type{extra}) "
+    "VALUES (5000, 1, 'app-insert@example.com', 'Bug'{value})",
+    "update": "UPDATE billing_rates SET user_email = 'APP-UPDATE-1' WHERE id = 5",
+    "delete": "DELETE FROM billing_rates WHERE id = 7",
+    # Same row count, same max rowid: a row deleted and written again under its rowid.
+    "replace": "INSERT OR REPLACE INTO billing_rates (id, billing_project_id, user_email, issue_type{extra}) "
+    "VALUES (9, 1, 'app-replace@example.com', 'Bug'{value})",
+}
+
+
+def _apply(db: Path, config, tmp_path: Path, kind: str):
+    sql, mode, _ = KINDS[kind]
+    d = migrations_dir(tmp_path, {"001_change.sql": sql})
+    cfg = config(db, migrations_dir=d, backup_dir=tmp_path, rebuild_mode=mode)
+    b = backup_database(cfg)
+    apply_migrations(cfg, backup_path=b.path)
+    return d, b
+
+
+def _app_write(db: Path, write: str) -> None:
+    with sqlite3.connect(db) as con:
+        cols = {r[1] for r in con.execute("PRAGMA table_info(billing_rates)")}
+        needed = [c for c in ("rate_cents", "rate") if c in cols]
+        extra = f", {needed[0]}" if needed else ""
+        con.execute(WRITES[write].format(extra=extra, value=", 123" if needed else ""))
+
+
+def _rate_row(db: Path, rowid: int) -> tuple[object, ...] | None:
+    with sqlite3.connect(db) as con:
+        return con.execute(
+            "SELECT user_email, rate_cents FROM billing_rates WHERE id = ?", (rowid,)
+        ).fetchone()
+
+
+COMMON = {  # the columns the table has both now and in the backup
+    "dropped-column": "[id], [billing_project_id], [user_email], [issue_type]",
+    "data-change": "[id], [billing_project_id], [user_email], [issue_type], [rate_cents]",
+}
+DERIVED = [k for k, v in KINDS.items() if v[2] == "derived-down"]
+RESTORED = [k for k, v in KINDS.items() if v[2] == "restore"]
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+@pytest.mark.parametrize("kind", DERIVED)
+def test_a_derived_down_keeps_every_write(make_db, config, tmp_path: Path, kind: str, write: str) -> None:
+    db = make_db()
+    schema_before = {k: v for k, v in user_snapshot(db).items() if k.startswith("schema:")}
+    d, _ = _apply(db, config, tmp_path, kind)
+    _app_write(db, write)
+    r = rollback_database(db, d)
+    assert r.action == "derived-down"
+    assert r.message == (
+        "ran the derived down of 001_change (no down section; liteshift recorded the inverse of each "
+        "step when it applied it); every write since the migration is kept"
+    )
+    assert {k: v for k, v in user_snapshot(db).items() if k.startswith("schema:")} == schema_before
+    assert tracked_versions(db) == []
+    expected = {
+        "insert": (5000, ("app-insert@example.com", 123)),
+        "update": (5, "APP-UPDATE-1"),
+        "delete": (7, None),
+        "replace": (9, ("app-replace@example.com", 123)),
+    }[write]
+    row = _rate_row(db, expected[0])
+    assert (row[0] if write == "update" and row else row) == expected[1]
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+@pytest.mark.parametrize("kind", RESTORED)
+def test_a_restore_over_a_write_is_refused_and_changes_nothing(
+    make_db, config, tmp_path: Path, kind: str, write: str
+) -> None:
+    db = make_db()
+    d, b = _apply(db, config, tmp_path, kind)
+    _app_write(db, write)
+    before = snapshot(db)
+    with pytest.raises(RollbackRefused) as err:
+        rollback_database(db, d)
+    # A REPLACE's implicit delete fires no DELETE trigger (recursive_triggers off); its INSERT does.
+    count = 1
+    assert str(err.value) == (
+        "Refusing to restore the backup over newer writes: written or changed since the migration: "
+        f"billing_rates ({count} row write(s) since the migration); restoring {b.path} would discard "
+        "that. Try: keep the database as it is (the migration stays applied), or move those rows by "
+        f"hand: sqlite3 {db} \"ATTACH '{b.path}' AS b; SELECT {COMMON[kind]} FROM main.[billing_rates] "
+        f'EXCEPT SELECT {COMMON[kind]} FROM b.[billing_rates];"'
+    )
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize("kind", RESTORED)
+def test_a_restore_keeps_the_writes_to_tables_the_migration_did_not_touch(
+    make_db, config, tmp_path: Path, kind: str
+) -> None:
+    db = make_db()
+    original = user_snapshot(db)
+    d, b = _apply(db, config, tmp_path, kind)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE companies SET name = 'APP-UPDATE-2' WHERE id = 3")
+        con.execute("DELETE FROM invoices WHERE id = 4")
+        con.execute("INSERT INTO teams (company_id, name) VALUES (1, 'APP-INSERT')")
+    r = rollback_database(db, d)
+    assert (r.action, r.undone) == ("restore", ["001"])
+    why = {
+        "data-change": "001_change.sql has no down section and its up has no derived down",
+        "dropped-column": "001_change.sql rebuilds billing_rates dropping a column or filling one from "
+        "an expression, whose old values only the backup has",
+    }[kind]
+    assert r.message == (
+        f"restored from the backup {b.path}: billing_rates; the write ledger proved, under the same "
+        f"write lock, that nothing was written to them since the migration ({why})"
+    )
+    now = user_snapshot(db)
+    assert now["rows:billing_rates"] == original["rows:billing_rates"]
+    assert now["schema:table:billing_rates"] == original["schema:table:billing_rates"]
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT name FROM companies WHERE id = 3").fetchone() == ("APP-UPDATE-2",)
+        assert con.execute("SELECT count(*) FROM invoices WHERE id = 4").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM teams WHERE name = 'APP-INSERT'").fetchone() == (1,)
+        leftovers = con.execute("SELECT name FROM sqlite_schema WHERE name LIKE 'liteshift_w%'").fetchall()
+    assert leftovers == [], "the write ledger goes once no proof needs it"
+
+
+def test_a_write_between_the_backup_and_the_migration_leaves_no_proof(
+    make_db, config, tmp_path: Path
+) -> None:
+    db = make_db()
+    d = migrations_dir(tmp_path, {"001_change.sql": KINDS["data-change"][0]})
+    cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
+    b = backup_database(cfg)
+    with sqlite3.connect(db) as con:  # same row count, same max rowid: only the ledger sees it
+        con.execute("UPDATE billing_rates SET user_email = 'between' WHERE id = 2")
+    apply_migrations(cfg, backup_path=b.path)
+    before = snapshot(db)
+    with pytest.raises(RollbackRefused) as err:
+        rollback_database(db, d)
+    assert str(err.value) == (
+        f"Refusing to restore the backup {b.path}: liteshift cannot prove that no write since the "
+        "migration would be lost: table billing_rates was written between the backup and the migration's "
+        "lock. Try: keep the database as it is, or write a down section for the migration and run "
+        "'liteshift rollback' again (a down keeps every row written since)"
+    )
+    assert snapshot(db) == before
+
+
+def test_a_dropped_ledger_trigger_is_not_a_proof(make_db, config, tmp_path: Path) -> None:
+    db = make_db()
+    d, _ = _apply(db, config, tmp_path, "data-change")
+    with sqlite3.connect(db) as con:
+        name = con.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE 'liteshift_w_%_u'"
+        ).fetchone()[0]
+        con.execute(f"DROP TRIGGER {name}")
+        con.execute("UPDATE billing_rates SET user_email = 'unseen' WHERE id = 3")
+    before = snapshot(db)
+    with pytest.raises(RollbackRefused) as err:
+        rollback_database(db, d)
+    assert "billing_rates (its write-ledger triggers are gone)" in str(err.value)
+    assert snapshot(db) == before
+
+
+def test_the_proof_and_the_restore_hold_one_write_lock(make_db, config, tmp_path: Path, monkeypatch) -> None:
+    db = make_db()
+    d, _ = _apply(db, config, tmp_path, "data-change")
+    seen: dict[str, str] = {}
+    real = faults.point
+
+    def probe(name: str) -> None:
+        if name in ("rollback-before-restore", "rollback-restoring"):
+            other = sqlite3.connect(db, timeout=0, isolation_level=None)
+            try:
+                other.execute("UPDATE billing_rates SET user_email = 'slipped in' WHERE id = 1")
+                seen[name] = "written"
+            except sqlite3.OperationalError as exc:
+                seen[name] = str(exc)
+            finally:
+                other.close()
+        real(name)
+
+    monkeypatch.setattr(faults, "point", probe)
+    assert rollback_database(db, d).action == "restore"
+    assert seen == {
+        "rollback-before-restore": "database is locked",
+        "rollback-restoring": "database is locked",
+    }
+
+
+def test_a_rename_undoes_by_the_reverse_mapping(make_db, config, tmp_path: Path) -> None:
+    db = make_db()
+    d, _ = _apply(db, config, tmp_path, "online-rename")
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE billing_rates SET rate = 4242 WHERE id = 11")
+        record = json.loads(
+            con.execute("SELECT fingerprint FROM liteshift_migrations WHERE version = '001'").fetchone()[0]
+        )
+    assert record["undo"] == "derived" and record["proof"] is None
+    assert record["down"][0]["columns"] == [["rate_cents", '"rate"']]
+    rollback_database(db, d)
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT rate_cents FROM billing_rates WHERE id = 11").fetchone() == (4242,)
+
+
+def test_a_down_section_still_wins_over_the_derived_down(make_db, config, tmp_path: Path) -> None:
+    db = make_db()
+    d = migrations_dir(
+        tmp_path,
+        {
+            "001_i.sql": "-- migrate:up\nCREATE INDEX i ON worklogs(team_id);\n"
+            "-- migrate:down\nDROP INDEX i;\n"
+        },
+    )
+    apply_migrations(config(db, migrations_dir=d))
+    r = rollback_database(db, d)
+    assert (r.action, r.message) == ("down", "ran the down of 001_i")
+
+
+SHOP = """
+CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT NOT NULL);
+CREATE TABLE "order items" (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    "order id" INTEGER NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
+    "unit price" REAL NOT NULL
+);
+CREATE TABLE tags (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX "items by order" ON "order items"("order id");
+CREATE VIEW "order totals" AS SELECT "order id", sum("unit price") AS total FROM "order items" GROUP BY 1;
+CREATE TRIGGER "count tag" AFTER INSERT ON "order items"
+    BEGIN UPDATE tags SET n = n + 1 WHERE name = 'items'; END;
+"""
+
+
+def _shop(tmp_path: Path) -> Path:
+    """A database nobody here designed: spaces in names, a view, a trigger, AUTOINCREMENT, a
+    cascading foreign key, a WITHOUT ROWID table."""
+    db = tmp_path / "shop.db"
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.executescript(SHOP)  # test set-up, not a migration
+    con.execute("INSERT INTO tags VALUES ('items', 0), ('vip', 3)")
+    for i in range(1, 41):
+        con.execute("INSERT INTO orders (id, customer) VALUES (?, ?)", (i, f"c{i}"))
+        con.execute('INSERT INTO "order items" ("order id", "unit price") VALUES (?, ?)', (i, i * 1.5))
+    con.execute('DELETE FROM "order items" WHERE id > 35')  # the sequence stays ahead of max(id)
+    con.close()
+    return db
+
+
+def _schema(db: Path) -> dict[str, str]:
+    """The user's schema; a rebuilt table's text from its "(" (the rename quotes its name)."""
+    return {
+        k: v[v.find("(") :] if k.startswith("schema:table:") else v
+        for k, v in user_snapshot(db).items()
+        if k.startswith("schema:")
+    }
+
+
+def _shop_run(db: Path, config, tmp_path: Path, sql: str):
+    d = migrations_dir(tmp_path, {"001_shop.sql": sql})
+    cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
+    b = backup_database(cfg)
+    apply_migrations(cfg, backup_path=b.path)
+    return d
+
+
+def test_a_restore_on_a_real_schema_gives_back_exactly_the_original(make_db, config, tmp_path: Path) -> None:
+    db = _shop(tmp_path)
+    original = snapshot(db)
+    d = _shop_run(
+        db,
+        config,
+        tmp_path,
+        '-- migrate:up\nUPDATE "order items" SET "unit price" = "unit price" * 2;\n'
+        "UPDATE tags SET n = 0 WHERE name = 'vip';\nDROP VIEW \"order totals\";\n"
+        'INSERT INTO "order items" ("order id", "unit price") VALUES (1, 9.5);\n',
+    )
+    with sqlite3.connect(db) as con:  # the application writes a table the migration did not touch
+        con.execute("INSERT INTO orders (id, customer) VALUES (100, 'after')")
+    r = rollback_database(db, d)
+    assert r.action == "restore"
+    assert r.message.startswith(f"restored from the backup {tmp_path}/shop.db.backup-")
+    assert ": order items, tags; the write ledger proved" in r.message
+    now = snapshot(db)
+    for key, value in original.items():
+        if key != "rows:orders":
+            assert now[key] == value, key  # schema, rows and sqlite_sequence as before
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT customer FROM orders WHERE id = 100").fetchone() == ("after",)
+        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_a_cascade_into_a_migrated_table_is_seen_and_refused(make_db, config, tmp_path: Path) -> None:
+    db = _shop(tmp_path)
+    d = _shop_run(
+        db, config, tmp_path, '-- migrate:up\nUPDATE "order items" SET "unit price" = 0 WHERE id = 1;\n'
+    )
+    with sqlite3.connect(db) as con:
+        con.execute("PRAGMA foreign_keys = ON")
+        con.execute("DELETE FROM orders WHERE id = 2")  # cascades into "order items"
+    before = snapshot(db)
+    with pytest.raises(RollbackRefused) as err:
+        rollback_database(db, d)
+    assert "order items (1 row write(s) since the migration)" in str(err.value)
+    assert snapshot(db) == before
+
+
+def test_derived_downs_on_a_real_schema(make_db, config, tmp_path: Path) -> None:
+    db = _shop(tmp_path)
+    schema = _schema(db)
+    d = _shop_run(
+        db,
+        config,
+        tmp_path,
+        '-- migrate:up\nALTER TABLE "order items" RENAME COLUMN "unit price" TO price;\n'
+        'CREATE INDEX "by price" ON "order items"(price);\nDROP TRIGGER "count tag";\n'
+        "-- migrate:rebuild tags\n"
+        "CREATE TABLE tags (name TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;\n"
+        "-- migrate:columns\n-- count = n\n"
+        '-- migrate:up\nCREATE TRIGGER "count tag" AFTER INSERT ON "order items"\n'
+        "    BEGIN UPDATE tags SET count = count + 1 WHERE name = 'items'; END;\n",
+    )
+    with sqlite3.connect(db) as con:
+        con.execute('INSERT INTO "order items" ("order id", price) VALUES (3, 7.25)')  # fires "count tag"
+        con.execute("UPDATE tags SET count = count + 10 WHERE name = 'vip'")
+    r = rollback_database(db, d)
+    assert r.action == "derived-down"
+    assert _schema(db) == schema
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT name, n FROM tags ORDER BY name").fetchall() == [
+            ("items", 41),
+            ("vip", 13),
+        ]
+        assert con.execute(
+            'SELECT "unit price" FROM "order items" WHERE "order id" = 3 ORDER BY id DESC'
+        ).fetchone() == (7.25,)
+
+
+def test_an_index_that_was_there_before_is_kept_by_the_derived_down(make_db, config, tmp_path: Path) -> None:
+    db = make_db()
+    before = user_snapshot(db)
+    d = migrations_dir(
+        tmp_path,
+        {"001_same.sql": 'CREATE INDEX IF NOT EXISTS "idx_worklogs_company" ON "worklogs" ("company_id");\n'},
+    )
+    (d / "001_same.sql").write_text("-- migrate:up\n" + (d / "001_same.sql").read_text())
+    apply_migrations(config(db, migrations_dir=d))
+    r = rollback_database(db, d)
+    assert r.action == "derived-down" and r.verified[1] == "created indexes gone"
+    assert user_snapshot(db) == before  # idx_worklogs_company is still there, as before
