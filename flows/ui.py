@@ -98,7 +98,8 @@ def publish_rollback(database: str, result: Rollback) -> None:
     create_markdown_artifact(
         key=f"liteshift-rollback-{db_key(database)}",
         markdown=(
-            f"# Rollback of `{database}`\n\n- Action: **{result.action}**: {result.message}\n"
+            f"# Rollback of `{database}`\n\n- Path: **{result.path}**\n"
+            f"- Action: {result.action}: {result.message}\n"
             + "".join(f"- Verified: {v}\n" for v in result.verified)
         ),
         description=f"Rollback of {Path(database).name}",

@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="undo the last applied batch of migrations")
     add_config_options(rollback, LOCATION)
     rollback.add_argument("--backup", help="backup to restore when a migration has no down")
+    rollback.add_argument(
+        "--finish",
+        action="store_true",
+        help="keep what is applied and end its undo from the backup: drop the restore proofs and "
+        "the write ledger's triggers",
+    )
     rollback.set_defaults(func=cmd_rollback)
 
     health = sub.add_parser(
@@ -325,7 +331,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status.summary()))
     else:
         for a in status.applied:
-            print(f"applied  {a.version}_{a.name}  at {a.applied_at}")
+            print(f"applied  {a.version}_{a.name}  at {a.applied_at}  (undo: {a.undo_path()})")
         for label in status.pending:
             print(f"pending  {label}")
         for d in status.drift:
@@ -341,6 +347,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     check_is_sqlite_file(cfg.database)
+    if args.finish:
+        from liteshift.tasks.rollback import finish_undo
+
+        message = finish_undo(cfg.database, cfg.busy_timeout_ms)
+        print(json.dumps({"action": "finish", "message": message}) if args.json else f"Rollback: {message}")
+        return EXIT_OK
     from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
 
     configure_prefect()

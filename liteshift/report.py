@@ -181,7 +181,11 @@ def render_markdown(r: RunReport) -> str:
         lines.append(f"- Free pages after: {_mb(r.free_after)}: {r.free_note()}")
     if r.rollback:
         rb = r.rollback
-        lines += ["", "## Rollback", "", f"- Action: {rb.action}: {rb.message}"]
+        lines += ["", "## Rollback", "", f"- Path: {rb.path}", f"- Action: {rb.action}: {rb.message}"]
+        if rb.lock_seconds:
+            lines.append(
+                f"- Write lock held: {rb.lock_seconds:.3f} s (proof checked in {rb.proof_seconds:.4f} s)"
+            )
         lines += [f"- Verified: {v}" for v in rb.verified]
     if r.warnings:
         lines += ["", "## Warnings", ""] + [f"- ⚠️ {w}" for w in r.warnings]

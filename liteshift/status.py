@@ -31,7 +31,8 @@ class Status:
         return {
             "database": self.database,
             "applied": [
-                {"version": a.version, "name": a.name, "applied_at": a.applied_at} for a in self.applied
+                {"version": a.version, "name": a.name, "applied_at": a.applied_at, "undo": a.undo_path()}
+                for a in self.applied
             ],
             "pending": self.pending,
             "drift": [d.__dict__ for d in self.drift],

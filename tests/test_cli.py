@@ -151,3 +151,58 @@ def test_rollback_of_a_damaged_database_exits_2_with_a_message(
         "liteshift will not migrate a damaged file\n"
     )
     assert db.read_bytes() == before
+
+
+def test_the_issue_case_an_update_after_an_index_migration_survives_the_rollback(
+    make_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An index-only up without a down, `liteshift run`, an application UPDATE, `liteshift rollback`."""
+    db = make_db()
+    d = migrations_dir(
+        tmp_path, {"001_idx.sql": "-- migrate:up\nCREATE INDEX idx_secs ON worklogs(time_spent_seconds);\n"}
+    )
+    assert (
+        main(["run", "--database", str(db), "--migrations", str(d), "--report-dir", str(tmp_path / "r")]) == 0
+    )
+    capsys.readouterr()
+    assert main(["status", "--database", str(db), "--migrations", str(d)]) == 0
+    assert "001_idx  at " in (out := capsys.readouterr().out) and out.endswith("(undo: derived down)\n")
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE worklogs SET comment = 'APP-UPDATE-1' WHERE id = 5")
+    assert main(["rollback", "--database", str(db), "--migrations", str(d)]) == 0
+    assert capsys.readouterr().out.startswith("Rollback: derived-down: ran the derived down of 001_idx")
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT comment FROM worklogs WHERE id = 5").fetchone() == ("APP-UPDATE-1",)
+    assert "idx_secs" not in {r for r in snapshot(db) if r.startswith("schema:index:")}
+
+
+def test_rollback_finish_ends_the_restore_proof(
+    make_db, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = make_db()
+    d = migrations_dir(
+        tmp_path, {"001_fix.sql": "-- migrate:up\nUPDATE teams SET name = name || '!' WHERE id = 1;\n"}
+    )
+    assert (
+        main(["run", "--database", str(db), "--migrations", str(d), "--report-dir", str(tmp_path / "r")]) == 0
+    )
+    capsys.readouterr()
+    assert main(["status", "--database", str(db), "--migrations", str(d)]) == 0
+    assert capsys.readouterr().out.endswith("(undo: backup under the write-ledger proof)\n")
+    assert main(["rollback", "--finish", "--database", str(db), "--migrations", str(d)]) == 0
+    assert capsys.readouterr().out == (
+        "Rollback: ended the restore proof of 001_fix and removed the write ledger from teams; a "
+        "migration without a down can no longer be undone from its backup\n"
+    )
+    with sqlite3.connect(db) as con:
+        assert con.execute(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'liteshift_w%'"
+        ).fetchone() == (0,)
+    before = snapshot(db)
+    assert main(["rollback", "--database", str(db), "--migrations", str(d)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "liteshift cannot prove that no write since the migration would be lost: its restore proof "
+        "was ended by 'liteshift rollback --finish'" in err
+    )
+    assert snapshot(db) == before

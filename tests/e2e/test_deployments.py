@@ -380,7 +380,10 @@ def test_rollback_deployment_started_by_hand_undoes_the_last_batch(
     assert not PHASE1_INDEXES & index_names(adhoc["db"])
     assert tracked_versions(adhoc["db"]) == []
     report = artifacts(stack, run_id)[f"liteshift-rollback-{db_key(workdir / 'adhoc.db')}"]["data"]
-    assert "- Action: **down**: ran the down of 001_add_composite_indexes" in report
+    assert (
+        "- Path: **the migration's down section**\n- Action: down: ran the down of 001_add_composite_indexes"
+        in report
+    )
 
 
 # ---------------------------------------------------------------------------------------------
