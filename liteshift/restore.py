@@ -165,24 +165,80 @@ def _has_sequence(con: sqlite3.Connection, schema: str) -> bool:
     return con.execute(sql).fetchone() is not None
 
 
-def foreign_key_problems(con: sqlite3.Connection, tables: list[str]) -> list[str]:
-    """Rows of the restored tables, or of tables referencing them, that point to no parent row."""
-    names = {t.lower() for t in tables}
-    checked = [
-        t
-        for (t,) in con.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
-        if not t.startswith(INTERNAL_PREFIXES)
-        and (
-            t.lower() in names
-            or any(r[2].lower() in names for r in con.execute(f"PRAGMA foreign_key_list({quote_ident(t)})"))
+@dataclass(frozen=True)
+class ChildCheck:
+    """A foreign key from another table into a restored one, and the parent keys the restore
+    removes (None: not known, check the whole child table)."""
+
+    child: str
+    columns: tuple[str, ...]
+    keys: list[tuple[Any, ...]] | None
+
+
+MAX_KEYS = 1000  # more parent keys vanishing than this: check the child table whole
+
+
+def children_at_risk(con: sqlite3.Connection, tables: list[str]) -> list[ChildCheck]:
+    """Before the restore: for each foreign key into a table about to be restored, the parent keys
+    the live table has and the backup's has not. Only rows pointing at those can break, so a
+    10M-row child of a 100-row parent is not scanned whole (unless the keys cannot be told)."""
+    names = {t.lower(): t for t in tables}
+    checks = []
+    for (child,) in con.execute("SELECT name FROM main.sqlite_schema WHERE type = 'table'").fetchall():
+        if child.startswith(INTERNAL_PREFIXES) or child.lower() in names:
+            continue  # a restored child is checked whole by its own foreign_key_check
+        fks: dict[int, list[tuple[str, str, str | None]]] = {}
+        for fk_id, _, parent, col, pcol, *_ in con.execute(
+            f"PRAGMA main.foreign_key_list({quote_ident(child)})"
+        ):
+            fks.setdefault(fk_id, []).append((parent, col, pcol))
+        for pairs in fks.values():
+            parent = names.get(pairs[0][0].lower())
+            if parent is not None:
+                cols = tuple(c for _, c, _ in pairs)
+                checks.append(ChildCheck(child, cols, _vanishing(con, parent, [p for _, _, p in pairs])))
+    return checks
+
+
+def _vanishing(con: sqlite3.Connection, table: str, pcols: list[str | None]) -> list[tuple[Any, ...]] | None:
+    if None in pcols:  # REFERENCES parent without columns: its primary key
+        pk = sorted(
+            (r[5], r[1]) for r in con.execute(f"PRAGMA main.table_info({quote_ident(table)})") if r[5]
         )
-    ]
+        pcols = [c for _, c in pk]
+    if not pcols:
+        return None
+    cols = ", ".join(quote_ident(str(c)) for c in pcols)
+    q = quote_ident(table)
+    try:
+        keys = con.execute(
+            f"SELECT {cols} FROM main.{q} EXCEPT SELECT {cols} FROM {BACKUP_SCHEMA}.{q} LIMIT {MAX_KEYS + 1}"
+        ).fetchall()
+    except sqlite3.Error:
+        return None  # the columns differ between the two: check the child whole
+    return None if len(keys) > MAX_KEYS else [tuple(k) for k in keys]
+
+
+def foreign_key_problems(con: sqlite3.Connection, tables: list[str], children: list[ChildCheck]) -> list[str]:
+    """After the restore: rows of the restored tables, or of the children at risk, that point to
+    no parent row."""
     found = []
-    for t in checked:
+    for t in tables:
         found += [
             f"{r[0]} rowid {r[1]} -> {r[2]}"
-            for r in con.execute(f"PRAGMA foreign_key_check({quote_ident(t)})").fetchmany(5)
+            for r in con.execute(f"PRAGMA main.foreign_key_check({quote_ident(t)})").fetchmany(5)
         ]
+    for c in children:
+        q = quote_ident(c.child)
+        if c.keys is None:
+            rows = con.execute(f"PRAGMA main.foreign_key_check({q})").fetchmany(5)
+            found += [f"{r[0]} rowid {r[1]} -> {r[2]}" for r in rows]
+            continue
+        where = " AND ".join(f"{quote_ident(col)} = ?" for col in c.columns)
+        for key in c.keys:
+            if con.execute(f"SELECT count(*) FROM main.{q} WHERE {where}", key).fetchone()[0]:
+                pairs = ", ".join(f"{col} = {v!r}" for col, v in zip(c.columns, key, strict=True))
+                found.append(f"{c.child} rows with {pairs} (a parent row only the migration had)")
     return found[:5]
 
 

@@ -59,12 +59,15 @@ def backup_path_for(db: Path, directory: Path, now: datetime | None = None) -> P
     return candidate
 
 
-def backup_database(cfg: RunConfig, on_progress: Progress | None = None, watch_writes: bool = True) -> Backup:
+def backup_database(
+    cfg: RunConfig, on_progress: Progress | None = None, watch_writes: bool = False
+) -> Backup:
     """Copy the live database with the backup API, verify the copy, and only then name it.
 
     watch_writes: first put the write ledger on every table (liteshift.ledger), so that the backup
-    holds its counters and a later restore can prove what was written since. The flow passes
-    False when every pending migration has a down, which needs no such proof.
+    holds its counters and a later restore can prove what was written since. The migrate flow
+    asks for it when a pending migration can only be undone from the backup; a repair's backup
+    (maintenance) never needs it.
     """
     remove_stale_partials(cfg.database, cfg.backup_directory)
     if watch_writes:

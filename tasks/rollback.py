@@ -115,7 +115,7 @@ def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[Tracki
 def _down_steps(m: Migration, row: TrackingRow) -> list[Step] | None:
     """The steps that undo one migration, from its file and what its transaction recorded."""
     record = row.record()
-    if not record:  # recorded by liteshift before 0.9: the down section, rebuilds by saved definition
+    if not record:  # tracking layout 1 or 2: the down section, then rebuilds by saved definition
         if not m.down and not (m.rebuilds and not m.up):
             return None
         return [*m.down, *(Rebuild(t, sql) for t, sql in reversed(row.rebuilt()))]
@@ -297,9 +297,10 @@ def _restore_locked(
             hint,
         )
     faults.point("rollback-before-restore")
+    children = restore.children_at_risk(con, proof["tables"])
     copied = restore.restore_changed(con, proof)
     faults.point("rollback-restoring")
-    broken = restore.foreign_key_problems(con, copied)
+    broken = restore.foreign_key_problems(con, copied, children)
     if broken:
         con.execute("ROLLBACK")
         raise RollbackRefused(

@@ -64,3 +64,19 @@ def test_a_failed_verification_leaves_no_backup(make_db, config, tmp_path: Path,
     with pytest.raises(CheckFailed):
         backup_database(config(db, backup_dir=tmp_path))
     assert [p.name for p in tmp_path.iterdir() if "backup" in p.name] == []
+
+
+@pytest.mark.parametrize("watch", [False, True])
+def test_only_a_backup_that_asks_for_it_puts_on_the_write_ledger(
+    make_db, config, tmp_path: Path, watch
+) -> None:
+    db = make_db()
+    b = backup_database(config(db, backup_dir=tmp_path), watch_writes=watch)
+    with sqlite3.connect(db) as con:
+        triggers = con.execute(
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'liteshift_w%_u'"
+        ).fetchone()
+    with sqlite3.connect(b.path) as con:  # the backup holds the counters it was taken with
+        counted = con.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'liteshift_writes'").fetchone()
+    tables = 7  # the demo's user tables, sqlite_stat1 aside
+    assert (triggers, counted) == (((tables,), (1,)) if watch else ((0,), (0,)))

@@ -108,7 +108,7 @@ def test_a_restore_from_another_backup_than_the_proofs_is_refused(make_db, confi
 def test_writes_after_backup_survive_a_down_rollback(make_db, config, tmp_path: Path) -> None:
     db = make_db()
     cfg = config(db, backup_dir=tmp_path)
-    b = backup_database(cfg)
+    b = backup_database(cfg, watch_writes=True)
     apply_migrations(cfg, backup_path=b.path)
     with sqlite3.connect(db) as con:
         con.execute("INSERT INTO companies (id, name) VALUES (500, 'kept')")
@@ -170,6 +170,6 @@ def _applied_with_backup(db: Path, config, tmp_path: Path, files: dict[str, str]
     """Back up db into tmp_path and apply the migrations in files, as the flow does."""
     d = migrations_dir(tmp_path, files)
     cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
-    b = backup_database(cfg)
+    b = backup_database(cfg, watch_writes=True)
     apply_migrations(cfg, backup_path=b.path)
     return d, b

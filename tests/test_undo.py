@@ -84,7 +84,7 @@ def _apply(db: Path, config, tmp_path: Path, kind: str):
     sql, mode, _ = KINDS[kind]
     d = migrations_dir(tmp_path, {"001_change.sql": sql})
     cfg = config(db, migrations_dir=d, backup_dir=tmp_path, rebuild_mode=mode)
-    b = backup_database(cfg)
+    b = backup_database(cfg, watch_writes=True)
     apply_migrations(cfg, backup_path=b.path)
     return d, b
 
@@ -199,7 +199,7 @@ def test_a_write_between_the_backup_and_the_migration_leaves_no_proof(
     db = make_db()
     d = migrations_dir(tmp_path, {"001_change.sql": KINDS["data-change"][0]})
     cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
-    b = backup_database(cfg)
+    b = backup_database(cfg, watch_writes=True)
     with sqlite3.connect(db) as con:  # same row count, same max rowid: only the ledger sees it
         con.execute("UPDATE billing_rates SET user_email = 'between' WHERE id = 2")
     apply_migrations(cfg, backup_path=b.path)
@@ -329,7 +329,7 @@ def _schema(db: Path) -> dict[str, str]:
 def _shop_run(db: Path, config, tmp_path: Path, sql: str):
     d = migrations_dir(tmp_path, {"001_shop.sql": sql})
     cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
-    b = backup_database(cfg)
+    b = backup_database(cfg, watch_writes=True)
     apply_migrations(cfg, backup_path=b.path)
     return d
 
@@ -418,3 +418,25 @@ def test_an_index_that_was_there_before_is_kept_by_the_derived_down(make_db, con
     r = rollback_database(db, d)
     assert r.action == "derived-down" and r.verified[1] == "created indexes gone"
     assert user_snapshot(db) == before  # idx_worklogs_company is still there, as before
+
+
+def test_a_restore_that_would_orphan_a_child_row_is_refused(make_db, config, tmp_path: Path) -> None:
+    db = make_db()
+    d = migrations_dir(
+        tmp_path,
+        {"001_team.sql": "-- migrate:up\nINSERT INTO teams (id, company_id, name) VALUES (500, 1, 'new');\n"},
+    )
+    cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
+    b = backup_database(cfg, watch_writes=True)
+    apply_migrations(cfg, backup_path=b.path)
+    with sqlite3.connect(db) as con:  # worklogs is not the migration's: the application may write it
+        con.execute("UPDATE worklogs SET team_id = 500 WHERE id = 3")
+    before = snapshot(db)
+    with pytest.raises(RollbackRefused) as err:
+        rollback_database(db, d)
+    assert str(err.value) == (
+        "Refusing to restore the backup: the restored rows would break foreign keys: worklogs rows with "
+        "team_id = 500 (a parent row only the migration had). Try: keep the database as it is, or fix "
+        "those rows and run 'liteshift rollback' again"
+    )
+    assert snapshot(db) == before

@@ -188,7 +188,7 @@ REWRITE = {"001_fix.sql": "-- migrate:up\nUPDATE worklogs SET issue_key = issue_
 def test_a_partial_backup_is_never_restored(new_db, make_migrations):
     db = new_db(500)
     migs = make_migrations(REWRITE)
-    b = backup_database(RunConfig(database=db, migrations_dir=migs))
+    b = backup_database(RunConfig(database=db, migrations_dir=migs), watch_writes=True)
     apply_migrations(RunConfig(database=db, migrations_dir=migs), b.path)
     partial = Path(b.path + ".partial")
     shutil.copyfile(b.path, partial)
@@ -353,7 +353,7 @@ def test_backup_directory_on_a_full_file_system(new_db, tmp_path):
         with filler.open("wb") as fh:  # leave ~200 kB: less than the database
             fh.write(b"\0" * (shutil.disk_usage(backups).free - 200_000))
         with pytest.raises(BadInput) as exc:
-            backup_database(cfg)
+            backup_database(cfg, watch_writes=True)
         name = str(exc.value).split()[2]
         assert str(exc.value) == (
             f"The backup {name} could not be written: database or disk is full. Try: free space in the "
@@ -369,7 +369,7 @@ def test_a_damaged_backup_is_never_restored(new_db, make_migrations):
     db = new_db(2000, wal=False)
     migs = make_migrations(REWRITE)
     cfg = RunConfig(database=db, migrations_dir=migs)
-    b = backup_database(cfg)
+    b = backup_database(cfg, watch_writes=True)
     apply_migrations(cfg, b.path)  # no down: the rollback would restore the backup
     _damage(Path(b.path), 20, "flip")
     before = snapshot(db)
