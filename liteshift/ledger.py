@@ -117,6 +117,21 @@ def keep_only(con: sqlite3.Connection, tables: Iterable[str]) -> None:
             con.execute(trigger_sql(table, op))
 
 
+def pause(con: sqlite3.Connection) -> None:
+    """Drop the triggers, keep the counters (inside the caller's transaction): liteshift's own
+    writes need no counting, and keep_only puts the triggers back before that transaction ends."""
+    for name in _ledger_triggers(con):
+        con.execute(f"DROP TRIGGER main.{quote_ident(name)}")
+
+
+def bump(con: sqlite3.Connection, tables: Iterable[str]) -> None:
+    """Count a write to each table (its writes went uncounted while the triggers were paused), so
+    that an earlier proof over it no longer holds."""
+    if exists(con):
+        for table in tables:
+            con.execute(f"UPDATE main.{LEDGER_TABLE} SET n = n + 1 WHERE tbl = ?", (table,))
+
+
 def watch_all(con: sqlite3.Connection) -> None:
     """Watch every user table (before a backup whose restore may be needed)."""
     keep_only(con, guardable_tables(con))

@@ -15,7 +15,7 @@ from liteshift import inverse, rebuild
 from liteshift.errors import BadInput, MigrationError
 from liteshift.indexes import IndexDef, index_definition
 from liteshift.migrations import Migration, Rebuild, Step, dropped_index_names
-from liteshift.sql import failure_detail, quote_ident
+from liteshift.sql import failure_detail, quote_ident, same_sql_text
 
 INDEX_ONLY_RE = re.compile(r"^(CREATE\s+(UNIQUE\s+)?INDEX|DROP\s+INDEX|ANALYZE|REINDEX)\b", re.I)
 Shape = dict[str, tuple[str, str, object]]  # name -> (type, table, definition)
@@ -68,7 +68,7 @@ def schema_shape(mem: sqlite3.Connection) -> Shape:
         text = sql or ""
         if kind == "table":  # a rebuilt table's text says CREATE TABLE "name": compare the body
             text = text[text.find("(") :]
-        definition = index_definition(mem, name) if kind == "index" else " ".join(text.split())
+        definition = index_definition(mem, name) if kind == "index" else same_sql_text(text)
         shape[name] = (kind, table, definition)
     return shape
 

@@ -122,6 +122,17 @@ def _keep(buf: str, statements: list[str], where: str) -> None:
     statements.append(body)
 
 
+PLAIN_QUOTED_RE = re.compile(
+    r'"([A-Za-z_][A-Za-z0-9_]*)"|`([A-Za-z_][A-Za-z0-9_]*)`|\[([A-Za-z_][A-Za-z0-9_]*)\]'
+)
+
+
+def same_sql_text(sql: str) -> str:
+    """SQL text compared by meaning where SQLite itself rewrites it: whitespace collapsed and plain
+    identifiers unquoted (a RENAME writes "code" where the statement said code)."""
+    return PLAIN_QUOTED_RE.sub(lambda m: next(g for g in m.groups() if g), " ".join(sql.split()))
+
+
 def failure_detail(exc: BaseException, stmt: str) -> str:
     """SQLite's error and the statement it came from, on one line."""
     return f"{exc} in: {' '.join(stmt.split())[:120]}"

@@ -152,15 +152,22 @@ def _commit(
         todo = tracking.pending(migrations, applied)  # re-read under the lock: no double apply
         tracking.ensure_current(con)
         before = restore.Before.read(con)
+        # The ledger's triggers would count every row the migration writes, inside its lock:
+        # set aside; the authorizer names the tables it writes instead, at no cost per row, and
+        # those get one count each (an earlier proof over them must no longer hold).
+        if todo:  # _record_undo puts the ledger back
+            ledger.pause(con)
         changes = con.total_changes
         stats: list[rebuild.RebuildStats] = []
         recorders = {m.version: inverse.Recorder() for m in todo}
-        timings = _apply(con, todo, batch, backup_path, flow_run_id, on_progress, online, stats, recorders)
-        # The write ledger's triggers count in total_changes too: one per row they saw written.
-        counted = sum(n - before.writes.get(t, 0) for t, n in ledger.counts(con).items())
-        rows_changed = con.total_changes - changes - len(todo) - counted
+        with restore.tables_written(con) as written:
+            timings = _apply(
+                con, todo, batch, backup_path, flow_run_id, on_progress, online, stats, recorders
+            )
+        rows_changed = con.total_changes - changes - len(todo)
+        ledger.bump(con, written)
         if todo:
-            _record_undo(con, todo, recorders, backup_path, backup_writes, before)
+            _record_undo(con, todo, recorders, backup_path, backup_writes, before, written)
         faults.point("migrate-before-commit")
         con.execute("COMMIT")
     except BaseException:
@@ -241,6 +248,7 @@ def _record_undo(
     backup_path: str | None,
     backup_writes: dict[str, int] | None,
     before: restore.Before,
+    written: set[str],
 ) -> None:
     """Record how each migration is undone and, where only the backup can undo it, the proof a
     restore will check; leave the write ledger on exactly the tables some proof needs."""
@@ -248,7 +256,7 @@ def _record_undo(
     proof: dict[str, Any] | None = None
     why = "the run took no backup"
     if backup_path is not None:
-        proof, why = restore.make_proof(con, backup_path, before, backup_writes)
+        proof, why = restore.make_proof(con, backup_path, before, backup_writes, written)
     if "backup" not in kinds.values() and proof is not None and proof["tables"]:
         # Undone by its downs: a proof over rewritten tables would tax every write of the
         # application with the ledger's triggers for nothing. One over schema objects alone is

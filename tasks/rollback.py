@@ -49,6 +49,7 @@ class Rollback:
     verified: list[str] = field(default_factory=list)
     lock_seconds: float = 0.0  # the write lock held by the downs, or by the proof and the restore
     proof_seconds: float = 0.0  # of which the proof's check (restore only)
+    scan_seconds: float = 0.0  # before the lock: finding the rows that differ from the backup
 
     @property
     def path(self) -> str:
@@ -260,13 +261,16 @@ def _restore(
         )
     with connection(database, busy_timeout_ms, uri=True) as con, rebuild.foreign_keys_off(con):
         attach_immutable(con, backup, restore.BACKUP_SCHEMA)
+        start = time.perf_counter()
+        by_rows = restore.rows_to_put_back(con, proof)  # the scan, before the lock
+        scan_seconds = time.perf_counter() - start
         begin_immediate(con, database, busy_timeout_ms)
         locked = time.perf_counter()
-        copied, proof_seconds = _restore_locked(con, database, rows, proof, backup)
+        copied, proof_seconds = _restore_locked(con, database, rows, proof, backup, by_rows)
         con.execute("COMMIT")
         lock_seconds = time.perf_counter() - locked
         con.execute(f"DETACH DATABASE {restore.BACKUP_SCHEMA}")
-    tables = ", ".join(copied) if copied else "no table (schema objects only)"
+    tables = restore.restored_label(by_rows, copied) if copied else "no table (schema objects only)"
     return Rollback(
         "restore",
         [r.version for r in rows],
@@ -274,11 +278,17 @@ def _restore(
         f"lock, that nothing was written to them since the migration ({why})",
         lock_seconds=lock_seconds,
         proof_seconds=proof_seconds,
+        scan_seconds=scan_seconds,
     )
 
 
 def _restore_locked(
-    con: sqlite3.Connection, database: Path, rows: list[TrackingRow], proof: dict[str, Any], backup: str
+    con: sqlite3.Connection,
+    database: Path,
+    rows: list[TrackingRow],
+    proof: dict[str, Any],
+    backup: str,
+    by_rows: dict[str, list[int]],
 ) -> tuple[list[str], float]:
     """Inside the write transaction: check the proof, then restore; refuse (and ROLLBACK) on any
     doubt. Returns the tables copied back and the seconds the proof's check took."""
@@ -297,10 +307,11 @@ def _restore_locked(
             hint,
         )
     faults.point("rollback-before-restore")
-    children = restore.children_at_risk(con, proof["tables"])
-    copied = restore.restore_changed(con, proof)
+    whole = {t for t in proof["tables"] if t not in by_rows}
+    children = restore.children_at_risk(con, proof["tables"], whole)
+    copied = restore.restore_changed(con, proof, by_rows)
     faults.point("rollback-restoring")
-    broken = restore.foreign_key_problems(con, copied, children)
+    broken = restore.foreign_key_problems(con, [t for t in copied if t not in by_rows], by_rows, children)
     if broken:
         con.execute("ROLLBACK")
         raise RollbackRefused(

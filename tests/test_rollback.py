@@ -66,7 +66,8 @@ def test_restore_when_no_down_and_no_writes_since(make_db, config, tmp_path: Pat
     r = rollback_database(db, d, ["001"], b.path)
     assert (r.action, r.message) == (
         "restore",
-        f"restored from the backup {b.path}: teams; the write ledger proved, under the same write lock, "
+        f"restored from the backup {b.path}: teams (3 row(s)); the write ledger proved, under the same "
+        "write lock, "
         "that nothing was written to them since the migration (001_col.sql has no down section and its "
         "up has no derived down)",
     )

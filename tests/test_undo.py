@@ -16,6 +16,7 @@ from liteshift.errors import RollbackRefused
 from liteshift.tasks.backup import backup_database
 from liteshift.tasks.migrate import apply_migrations
 from liteshift.tasks.rollback import rollback_database
+from liteshift.tasks.validate import validate_database
 
 RATES_SQL = """CREATE TABLE billing_rates (
    "id" INTEGER PRIMARY KEY,
@@ -178,8 +179,9 @@ def test_a_restore_keeps_the_writes_to_tables_the_migration_did_not_touch(
         "dropped-column": "001_change.sql rebuilds billing_rates dropping a column or filling one from "
         "an expression, whose old values only the backup has",
     }[kind]
+    restored = {"data-change": "billing_rates (10 row(s))", "dropped-column": "billing_rates"}[kind]
     assert r.message == (
-        f"restored from the backup {b.path}: billing_rates; the write ledger proved, under the same "
+        f"restored from the backup {b.path}: {restored}; the write ledger proved, under the same "
         f"write lock, that nothing was written to them since the migration ({why})"
     )
     now = user_snapshot(db)
@@ -350,7 +352,9 @@ def test_a_restore_on_a_real_schema_gives_back_exactly_the_original(make_db, con
     r = rollback_database(db, d)
     assert r.action == "restore"
     assert r.message.startswith(f"restored from the backup {tmp_path}/shop.db.backup-")
-    assert ": order items, tags; the write ledger proved" in r.message
+    # Only the rows the migration wrote are put back (35 updated, 1 inserted); tags, WITHOUT ROWID,
+    # is copied back whole.
+    assert ": tags, order items (36 row(s)); the write ledger proved" in r.message, r.message
     now = snapshot(db)
     for key, value in original.items():
         if key != "rows:orders":
@@ -440,3 +444,85 @@ def test_a_restore_that_would_orphan_a_child_row_is_refused(make_db, config, tmp
         "those rows and run 'liteshift rollback' again"
     )
     assert snapshot(db) == before
+
+
+def _codes(tmp_path: Path) -> Path:
+    """A table with a UNIQUE column besides its key, and a trigger that writes another table."""
+    db = tmp_path / "codes.db"
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("CREATE TABLE u (id INTEGER PRIMARY KEY, code TEXT UNIQUE, v INTEGER)")
+    con.execute("CREATE TABLE audit (what TEXT)")
+    con.execute("CREATE TABLE other (x)")
+    con.execute(
+        "CREATE TRIGGER u_audit AFTER INSERT ON u BEGIN INSERT INTO audit VALUES ('insert ' || NEW.code); END"
+    )
+    con.executemany("INSERT INTO u (id, code, v) VALUES (?, ?, ?)", [(i, f"c{i}", i) for i in range(1, 21)])
+    con.close()
+    return db
+
+
+@pytest.mark.parametrize(
+    "up",
+    [
+        "INSERT OR REPLACE INTO u (id, code, v) VALUES (30, 'c1', 99);",  # replaces row 1 through code
+        "UPDATE u SET v = -v WHERE id <= 12;",
+        "DELETE FROM u WHERE id IN (4, 5);\nINSERT INTO u (id, code, v) VALUES (4, 'new', 0);",
+    ],
+)
+def test_a_row_level_restore_gives_back_exactly_the_rows_the_migration_wrote(
+    config, tmp_path: Path, up: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from liteshift import restore
+
+    monkeypatch.setattr(restore, "MAX_ROW_KEYS", 10)  # more rows than this: the whole table
+    db = _codes(tmp_path)
+    original = user_snapshot(db)
+    d = _shop_run(db, config, tmp_path, f"-- migrate:up\n{up}\n")
+    with sqlite3.connect(db) as con:  # the application writes a table the migration did not touch
+        con.execute("INSERT INTO other VALUES ('app')")
+    r = rollback_database(db, d)
+    whole = "UPDATE" in up  # 12 rows written: more than MAX_ROW_KEYS
+    assert (" u (" in r.message) is not whole, r.message  # "u (N row(s))" when restored by rows
+    now = user_snapshot(db)
+    # u and audit as before (the restore fired none of u's triggers); the application's row kept.
+    assert {k: v for k, v in now.items() if k != "rows:other"} == {
+        k: v for k, v in original.items() if k != "rows:other"
+    }
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT x FROM other").fetchall() == [("app",)]
+
+
+@pytest.mark.parametrize(
+    "up",
+    [
+        "ALTER TABLE u RENAME COLUMN code TO kode;",
+        "ALTER TABLE u RENAME TO u2;",
+        "DROP INDEX sqlite_autoindex_u_1;",
+        "UPDATE u SET code = code || '!' WHERE id = 1;\nALTER TABLE u ADD COLUMN w TEXT;",
+    ],
+)
+def test_the_key_capture_stays_out_of_the_way_of_schema_changes(config, tmp_path: Path, up: str) -> None:
+    """The capture's TEMP triggers name the table and its UNIQUE columns; a rename or an added
+    column in the same migration must still apply, and the rollback still undo it."""
+    db = _codes(tmp_path)
+    original = user_snapshot(db)
+    d = migrations_dir(tmp_path, {"001_shop.sql": f"-- migrate:up\n{up}\n"})
+    cfg = config(db, migrations_dir=d, backup_dir=tmp_path)
+    b = backup_database(cfg, watch_writes=True)
+    if up.startswith("DROP INDEX"):  # an automatic index cannot be dropped: the up fails, nothing changes
+        with pytest.raises(Exception, match="cannot be dropped"):
+            apply_migrations(cfg, backup_path=b.path)
+        assert tracked_versions(db) == []
+        return
+    validate_database(cfg)  # the rehearsal finds the derived down undoes the up
+    apply_migrations(cfg, backup_path=b.path)
+    rollback_database(db, d)
+    # SQLite quotes what a rename rewrites ("code"): the same schema, compared by meaning.
+    assert _meaning(user_snapshot(db)) == _meaning(original)
+
+
+def _meaning(snap: dict[str, str]) -> dict[str, str]:
+    from liteshift.sql import same_sql_text
+
+    return {k: same_sql_text(v) if k.startswith("schema:") else v for k, v in snap.items()}
