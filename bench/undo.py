@@ -16,8 +16,9 @@ measurement gets a fresh copy (sqlite3 backup API). In one run, side by side:
     lock it held and the proof's check within it; beside it, the old path's whole-file restore
     (one-step backup API from the backup into a copy of the live file), timed the same way.
 
-TABLE is teams (100 rows at every size) and worklogs (the size); the table's row count is
-recorded. Raw figures: OUT/results.json; summary: OUT/summary.md.
+TABLE is teams (100 rows at every size), 10 rows rewritten, and worklogs (the size), 10 rows and
+then every row rewritten; the table's row count is recorded. Raw figures: OUT/results.json;
+summary: OUT/summary.md.
 
     .venv/bin/python bench/undo.py --rows 1000000 10000000
 """
@@ -133,16 +134,18 @@ def ledger_tax(db: Path, rows: int, blocks: int, block: int) -> dict[str, Any]:
     return summary
 
 
-def proof_and_restore(template_db: Path, work: Path, table: str) -> dict[str, Any]:
-    """Apply a no-down migration touching 10 rows of table, with and without a backup; roll back."""
-    mdir = work / f"migrations-{table}"
+def proof_and_restore(template_db: Path, work: Path, table: str, rows: str) -> dict[str, Any]:
+    """Apply a no-down migration rewriting `rows` rows ("all", or the first N) of table, with and
+    without a backup; roll back."""
+    mdir = work / f"migrations-{table}-{rows}"
     mdir.mkdir(exist_ok=True)
     column = "name" if table == "teams" else "comment"
+    where = "" if rows == "all" else f" WHERE id <= {int(rows)}"
     (mdir / "001_touch.sql").write_text(
-        f"-- migrate:up\nUPDATE {table} SET {column} = {column} WHERE id <= 10;\n"
+        f"-- migrate:up\nUPDATE {table} SET {column} = {column} || '.'{where};\n"
     )
     db = work / "live.db"
-    result: dict[str, Any] = {"table": table}
+    result: dict[str, Any] = {"table": table, "rows_written": rows}
     with connection(template_db, immutable=True) as con:
         result["table_rows"] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     # Without a backup: the same migration, no proof made.
@@ -165,6 +168,7 @@ def proof_and_restore(template_db: Path, work: Path, table: str) -> dict[str, An
     result["rollback_action"] = r.action
     result["restore_lock_s"] = r.lock_seconds
     result["proof_check_s"] = r.proof_seconds
+    result["scan_before_lock_s"] = r.scan_seconds
     # The old path: the whole backup copied over the live file by the backup API.
     scratch = work / "scratch.db"
     fresh_copy(template_db, scratch)
@@ -196,17 +200,18 @@ def summarize(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| rows | table | ledger install (lock) | migrate lock no proof / with proof "
-        "| restore: lock (proof check) | old whole-file restore | file |",
+        "| rows | table (rows written) | ledger install (lock) | migrate lock no proof / with proof "
+        "| restore: scan before the lock; lock (proof check) | old whole-file restore | file |",
         "|---|---|---|---|---|---|---|",
     ]
     for size in results["sizes"]:
         for p in size["restores"]:
             lines.append(
-                f"| {size['rows']:,} | {p['table']} ({p['table_rows']:,} rows) "
+                f"| {size['rows']:,} | {p['table']} of {p['table_rows']:,} ({p['rows_written']}) "
                 f"| {p['watch_all_lock_s'] * 1e3:.1f} ms | "
                 f"{p['migrate_lock_s_no_proof'] * 1e3:.1f} / {p['migrate_lock_s_with_proof'] * 1e3:.1f} ms | "
-                f"{p['restore_lock_s']:.3f} s ({p['proof_check_s'] * 1e3:.2f} ms) | "
+                f"{p['scan_before_lock_s']:.2f} s; {p['restore_lock_s']:.3f} s "
+                f"({p['proof_check_s'] * 1e3:.2f} ms) | "
                 f"{p['whole_file_restore_s']:.3f} s | {p['file_mb']:.0f} MB |"
             )
     return "\n".join(lines) + "\n"
@@ -237,7 +242,10 @@ def main() -> None:
             size: dict[str, Any] = {"rows": rows, "ledger_tax": ledger_tax(db, rows, args.blocks, args.block)}
             print(json.dumps(size["ledger_tax"]), flush=True)
             db.unlink()
-            size["restores"] = [proof_and_restore(tmpl, work, t) for t in ("teams", "worklogs")]
+            size["restores"] = [
+                proof_and_restore(tmpl, work, t, n)
+                for t, n in (("teams", "10"), ("worklogs", "10"), ("worklogs", "all"))
+            ]
             print(json.dumps(size["restores"]), flush=True)
         results["sizes"].append(size)
         (args.out / "results.json").write_text(json.dumps(results, indent=2))
