@@ -168,7 +168,7 @@ def _locked_pipeline(cfg: RunConfig, report: RunReport, v: Validation) -> None:
     b = _step(
         report,
         "backup",
-        lambda: _retrying(backup, cfg)(cfg, on_progress=on_progress, watch_writes=v.needs_backup_to_undo),
+        lambda: _retrying(backup, cfg)(cfg, on_progress=on_progress, watch_writes=v.watch_tables),
         lambda b: f"{b.path} ({b.bytes / 1e6:.1f} MB, {b.mb_per_s:.0f} MB/s)",
     )
     report.backup = b
@@ -234,7 +234,12 @@ def _rollback(cfg: RunConfig, report: RunReport, v: Validation, backup_path: str
     versions = [label.split("_", 1)[0] for label in v.pending]
     try:
         report.rollback = rollback_migration(
-            str(cfg.database), str(cfg.migrations_dir), versions, backup_path, cfg.busy_timeout_ms
+            str(cfg.database),
+            str(cfg.migrations_dir),
+            versions,
+            backup_path,
+            cfg.busy_timeout_ms,
+            cfg.rebuild_mode,
         )
         report.applied = []
     except Exception as exc:

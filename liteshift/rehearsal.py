@@ -11,7 +11,7 @@ import re
 import sqlite3
 from dataclasses import dataclass, field
 
-from liteshift import inverse, rebuild
+from liteshift import inverse, rebuild, restore
 from liteshift.errors import BadInput, MigrationError
 from liteshift.indexes import IndexDef, index_definition
 from liteshift.migrations import Migration, Rebuild, Step, dropped_index_names
@@ -35,6 +35,7 @@ class Rehearsal:
     downs_checked: bool = False  # every migration has a down and it undoes its up
     carried: dict[str, IndexDef] = field(default_factory=dict)  # indexes a rebuild puts back
     undo: dict[str, str] = field(default_factory=dict)  # label -> down-section, derived or backup
+    may_write: tuple[str, ...] = ()  # existing tables the ups write rows of or redefine
 
 
 def schema_copy(con: sqlite3.Connection) -> sqlite3.Connection:
@@ -87,11 +88,14 @@ def rehearse(con: sqlite3.Connection, migrations: list[Migration]) -> Rehearsal:
         carried: dict[str, IndexDef] = {}
         downs: dict[str, list[Step] | None] = {}
         undo: dict[str, str] = {}
+        written: set[str] = set()
         for mig in migrations:
             recorder = inverse.Recorder()
             for stmt in mig.steps:
                 recorder.before(mem, stmt)  # the derived down, read as the migration will
-                _run(mem, stmt, mig, "up")
+                with restore.tables_written(mem) as seen:  # rows it writes, its triggers' too
+                    _run(mem, stmt, mig, "up")
+                written |= seen
             downs[mig.version] = inverse.down_steps(mig, recorder.derived, recorder.rebuilds_back)
             undo[mig.label] = inverse.undo_kind(mig, recorder)
             created.update(
@@ -108,6 +112,7 @@ def rehearse(con: sqlite3.Connection, migrations: list[Migration]) -> Rehearsal:
     finally:
         mem.close()
     changed = {k for k in after if before.get(k) != after[k]} | {k for k in before if k not in after}
+    existing = {name for name, kind, _, _ in before.values() if kind == "table"}
     touched = sorted({(after.get(k) or before[k])[2] for k in changed} | {d.table for d in created.values()})
     return Rehearsal(
         indexes=created,
@@ -116,6 +121,7 @@ def rehearse(con: sqlite3.Connection, migrations: list[Migration]) -> Rehearsal:
         downs_checked=downs_checked,
         carried={k: v for k, v in carried.items() if k not in created},
         undo=undo,
+        may_write=tuple(sorted((written | set(touched)) & existing)),
     )
 
 

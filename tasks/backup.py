@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,14 +60,14 @@ def backup_path_for(db: Path, directory: Path, now: datetime | None = None) -> P
 
 
 def backup_database(
-    cfg: RunConfig, on_progress: Progress | None = None, watch_writes: bool = False
+    cfg: RunConfig, on_progress: Progress | None = None, watch_writes: bool | Sequence[str] = False
 ) -> Backup:
     """Copy the live database with the backup API, verify the copy, and only then name it.
 
-    watch_writes: first put the write ledger on every table (liteshift.ledger), so that the backup
-    holds its counters and a later restore can prove what was written since. The migrate flow
-    asks for it when a pending migration can only be undone from the backup; a repair's backup
-    (maintenance) never needs it.
+    watch_writes: first put the write ledger (liteshift.ledger) on these tables (True: every
+    table), so that the backup holds their counters and a later restore can prove what was written
+    since. The migrate flow asks for the tables a pending migration that only the backup can undo
+    may write; a repair's backup (maintenance) never needs it.
     """
     remove_stale_partials(cfg.database, cfg.backup_directory)
     if watch_writes:
@@ -75,7 +75,8 @@ def backup_database(
             connection(cfg.database, cfg.busy_timeout_ms) as con,
             write_transaction(con, cfg.database, cfg.busy_timeout_ms),
         ):
-            ledger.watch_all(con)
+            wanted = ledger.guardable_tables(con) if watch_writes is True else list(watch_writes)
+            ledger.keep_only(con, ledger.guarded(con) | set(wanted))  # an older proof's tables stay
     try:
         return _backup(cfg, on_progress)
     except BaseException:

@@ -54,10 +54,13 @@ class Validation:
     rebuilds: list[str] = field(default_factory=list)  # tables the pending migrations rebuild
     undo: dict[str, str] = field(default_factory=dict)  # label -> down-section, derived or backup
 
+    may_write: list[str] = field(default_factory=list)  # existing tables the ups write or redefine
+
     @property
-    def needs_backup_to_undo(self) -> bool:
-        """Some pending migration can only be undone from the backup (under a write-ledger proof)."""
-        return "backup" in self.undo.values()
+    def watch_tables(self) -> list[str]:
+        """The tables the write ledger must watch from the backup on: those the pending migrations
+        may write or redefine, when one of them can only be undone from the backup."""
+        return self.may_write if "backup" in self.undo.values() else []
 
 
 def validate_database(cfg: RunConfig) -> Validation:
@@ -113,6 +116,7 @@ def validate_database(cfg: RunConfig) -> Validation:
         seconds=time.perf_counter() - start,
         warnings=warnings,
         undo=rehearsal.undo,
+        may_write=list(rehearsal.may_write),
     )
 
 
