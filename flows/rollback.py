@@ -26,12 +26,13 @@ def rollback_migration(
     versions: list[str] | None = None,
     backup_path: str | None = None,
     busy_timeout_ms: int = 5000,
+    rebuild_mode: str = "auto",
 ) -> Rollback:
     """Undo a migration (default: the last applied batch) and verify the database afterwards."""
     migrations = Path(migrations_dir) if migrations_dir else default_migrations_dir()
     if is_deployment_run():
         guard.check_rollback_paths(database, migrations, backup_path)
-    result = rollback(Path(database), migrations, versions, backup_path, busy_timeout_ms)
+    result = rollback(Path(database), migrations, versions, backup_path, busy_timeout_ms, rebuild_mode)
     get_run_logger().info("Rollback of %s: %s", database, result.message)
     publish_rollback(database, result)
     return result

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     rollback = sub.add_parser("rollback", help="undo the last applied batch of migrations")
-    add_config_options(rollback, LOCATION)
+    add_config_options(rollback, (*LOCATION, "rebuild_mode"))
     rollback.add_argument("--backup", help="backup to restore when a migration has no down")
     rollback.add_argument(
         "--finish",
@@ -363,7 +363,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     try:
         with command_settings(api):
             result = rollback_migration(
-                str(cfg.database), str(cfg.migrations_dir), None, args.backup, cfg.busy_timeout_ms
+                str(cfg.database),
+                str(cfg.migrations_dir),
+                None,
+                args.backup,
+                cfg.busy_timeout_ms,
+                cfg.rebuild_mode,
             )
     except MigrationError:
         raise

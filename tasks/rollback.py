@@ -63,44 +63,138 @@ def rollback_database(
     versions: list[str] | None = None,
     backup_path: str | None = None,
     busy_timeout_ms: int = 5000,
+    rebuild_mode: str = "auto",
 ) -> Rollback:
-    """Undo the given versions (default: the last applied batch), then verify the result."""
+    """Undo the given versions (default: the last applied batch), then verify the result.
+
+    rebuild_mode: how a rebuild back runs, as a migration's rebuilds do (auto: online from
+    rebuild.ONLINE_MIN_ROWS rows when each row keeps its key).
+    """
     migrations = {m.version: m for m in load_migrations(migrations_dir)}
     with connection(database, busy_timeout_ms) as con, rebuild.foreign_keys_off(con):
         if not _targets(con, versions):  # a read: no write lock needed to know there is nothing
+            _finish_undo_leftovers(con, database, busy_timeout_ms)
             return Rollback("nothing", [], "the migration never committed: nothing to undo")
-        begin_immediate(con, database, busy_timeout_ms)
-        locked = time.perf_counter()
-        rows = _targets(con, versions)
-        if not rows:
-            con.execute("ROLLBACK")
-            return Rollback("nothing", [], "the migration never committed: nothing to undo")
-        missing = [r.version for r in rows if r.version not in migrations]
-        if missing:
-            con.execute("ROLLBACK")
-            raise RollbackRefused(
-                f"Migration file(s) for version {', '.join(missing)} not found",
-                f"looked in {migrations_dir}",
-                "pass --migrations pointing at the directory they came from",
+        # An online rebuild back copies its rows now, outside the write lock; the downs'
+        # transaction then only drains what the application changed meanwhile and swaps.
+        online = _copy_backs_online(con, database, versions, migrations, busy_timeout_ms, rebuild_mode)
+        try:
+            undone = _undo(
+                con, database, migrations_dir, migrations, versions, backup_path, busy_timeout_ms, online
             )
-        todo = [migrations[r.version] for r in rows]
-        faults.point("rollback-start")
-        plans = {r.version: _down_steps(migrations[r.version], r) for r in rows}
-        if all(p is not None for p in plans.values()):
-            try:
-                _run_downs(con, todo, plans)
-            except DownFailed as exc:
-                result = _restore_after(exc, database, rows, backup_path, busy_timeout_ms)
-            else:
-                faults.point("rollback-downs-committed")
-                result = _downs_result(todo)
-                result.lock_seconds = time.perf_counter() - locked
-        else:
-            con.execute("ROLLBACK")
-            result = _restore(database, rows, backup_path, busy_timeout_ms, _why_backup(todo, rows, plans))
+        except BaseException:
+            _abandon_backs(con, database, online, busy_timeout_ms)
+            raise
+        if undone is None:
+            _abandon_backs(con, database, online, busy_timeout_ms)
+            _finish_undo_leftovers(con, database, busy_timeout_ms)
+            return Rollback("nothing", [], "the migration never committed: nothing to undo")
+        result, todo, plans = undone
+        if result.action == "restore":
+            _abandon_backs(con, database, online, busy_timeout_ms)
+        else:  # the tables the online cut-overs left, emptied in short transactions
+            rebuild.drop_old_tables(con, str(database), busy_timeout_ms)
     result.verified = _verify(database, todo, _kept_indexes(todo, plans), busy_timeout_ms)
     faults.point("rollback-verified")
     return result
+
+
+Plans = dict[str, list[Step] | None]
+Online = dict[tuple[str, str], rebuild.Online]
+
+
+def _undo(
+    con: sqlite3.Connection,
+    database: Path,
+    migrations_dir: Path,
+    migrations: dict[str, Migration],
+    versions: list[str] | None,
+    backup_path: str | None,
+    busy_timeout_ms: int,
+    online: Online,
+) -> tuple[Rollback, list[Migration], Plans] | None:
+    """Under the write lock: the downs in one transaction, else the restore; None: nothing to undo."""
+    begin_immediate(con, database, busy_timeout_ms)
+    locked = time.perf_counter()
+    rows = _targets(con, versions)
+    if not rows:
+        con.execute("ROLLBACK")
+        return None
+    missing = [r.version for r in rows if r.version not in migrations]
+    if missing:
+        con.execute("ROLLBACK")
+        raise RollbackRefused(
+            f"Migration file(s) for version {', '.join(missing)} not found",
+            f"looked in {migrations_dir}",
+            "pass --migrations pointing at the directory they came from",
+        )
+    todo = [migrations[r.version] for r in rows]
+    faults.point("rollback-start")
+    plans = {r.version: _down_steps(migrations[r.version], r) for r in rows}
+    if all(p is not None for p in plans.values()):
+        try:
+            _run_downs(con, todo, plans, online)
+        except DownFailed as exc:
+            return _restore_after(exc, database, rows, backup_path, busy_timeout_ms), todo, plans
+        faults.point("rollback-downs-committed")
+        result = _downs_result(todo, online)
+        result.lock_seconds = time.perf_counter() - locked
+        return result, todo, plans
+    con.execute("ROLLBACK")
+    return _restore(database, rows, backup_path, busy_timeout_ms, _why_backup(todo, rows, plans)), todo, plans
+
+
+def _copy_backs_online(
+    con: sqlite3.Connection,
+    database: Path,
+    versions: list[str] | None,
+    migrations: dict[str, Migration],
+    busy_timeout_ms: int,
+    mode: str,
+) -> Online:
+    """Start and copy the rebuilds back that run online, in short throttled transactions."""
+    if mode == "blocking":
+        return {}
+    backs = [
+        (r.version, step)
+        for r in _targets(con, versions)
+        if r.version in migrations
+        for step in _down_steps(migrations[r.version], r) or []
+        if isinstance(step, Rebuild)
+    ]
+    tables = [b.table.lower() for _, b in backs]
+    online: Online = {}
+    for version, back in backs:
+        if tables.count(back.table.lower()) != 1 or not table_exists(con, back.table):
+            continue  # a table rebuilt twice: blocking, inside the transaction
+        if rebuild.plan_copy(rebuild.read_table(con, back.table), back).shadow_key is None:
+            continue  # rows would not keep their keys: blocking
+        if rebuild.choose_mode(con, back, mode) != "online":
+            continue
+        state = rebuild.start_online(con, back, f"undo-{version}", str(database), busy_timeout_ms)
+        online[(version, back.table.lower())] = state
+        rebuild.copy_online(con, state, str(database), busy_timeout_ms)
+    return online
+
+
+def _finish_undo_leftovers(con: sqlite3.Connection, database: Path, busy_timeout_ms: int) -> None:
+    """After a rollback killed part way: the shadow of an online rebuild back that no rollback
+    will swap any more (nothing is left to undo), and the old table a swap left, are removed."""
+    if table_exists(con, rebuild.STATE_TABLE):
+        stale = con.execute(
+            f"SELECT table_name FROM {rebuild.STATE_TABLE} WHERE id LIKE 'undo-%' AND phase != 'drop-old'"
+        ).fetchall()
+        for (table,) in stale:
+            rebuild.abandon_online(con, table, str(database), busy_timeout_ms)
+    rebuild.drop_old_tables(con, str(database), busy_timeout_ms)
+
+
+def _abandon_backs(con: sqlite3.Connection, database: Path, online: Online, busy_timeout_ms: int) -> None:
+    """Remove the shadow copies and capture triggers of online rebuilds back that were not swapped."""
+    for state in online.values():
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        rebuild.abandon_online(con, state.source.name, str(database), busy_timeout_ms)
 
 
 def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[TrackingRow]:
@@ -142,25 +236,29 @@ def _why_backup(todo: list[Migration], rows: list[TrackingRow], plans: dict[str,
     return f"{m.path.name} has no down section and its up has no derived down"
 
 
-def _downs_result(todo: list[Migration]) -> Rollback:
+def _downs_result(todo: list[Migration], online: Online) -> Rollback:
     labels = [m.label for m in todo]
+    swapped = "".join(
+        f"; {table} rebuilt back online (cut-over {state.stats.cutover_seconds * 1e3:.0f} ms)"
+        for (_, table), state in online.items()
+    )
     if all(m.down for m in todo):
-        return Rollback("down", labels, f"ran the down of {', '.join(labels)}")
+        return Rollback("down", labels, f"ran the down of {', '.join(labels)}{swapped}")
     return Rollback(
         "derived-down",
         labels,
         f"ran the derived down of {', '.join(labels)} (no down section; liteshift recorded the inverse "
-        "of each step when it applied it); every write since the migration is kept",
+        f"of each step when it applied it); every write since the migration is kept{swapped}",
     )
 
 
-def _run_downs(con: sqlite3.Connection, todo: list[Migration], plans: dict[str, list[Step] | None]) -> None:
+def _run_downs(con: sqlite3.Connection, todo: list[Migration], plans: Plans, online: Online) -> None:
     """Every down, newest first, and the tracking rows' removal, in the one open transaction."""
     try:
         for m in todo:
             for stmt in plans[m.version] or []:
                 if isinstance(stmt, Rebuild):
-                    _rebuild_back(con, m, stmt)
+                    _rebuild_back(con, m, stmt, online.get((m.version, stmt.table.lower())))
                     continue
                 try:
                     con.execute(stmt)
@@ -185,8 +283,9 @@ def _keep_needed_ledger(con: sqlite3.Connection) -> None:
     ledger.keep_only(con, restore.proof_tables(con))
 
 
-def _rebuild_back(con: sqlite3.Connection, m: Migration, back: Rebuild) -> None:
-    """Rebuild a table back to its saved definition; refuse when that cannot give back every value."""
+def _rebuild_back(con: sqlite3.Connection, m: Migration, back: Rebuild, state: rebuild.Online | None) -> None:
+    """Rebuild a table back to its saved definition (the cut-over of its online copy when it has
+    one); refuse when that cannot give back every value."""
     table = back.table
     try:
         current = {c.lower() for c in rebuild.read_table(con, table).columns}
@@ -203,7 +302,10 @@ def _rebuild_back(con: sqlite3.Connection, m: Migration, back: Rebuild) -> None:
                 "restore the backup (liteshift does when nothing was written since), or keep the "
                 "database as it is",
             )
-        rebuild.rebuild_blocking(con, back)
+        if state is not None:
+            rebuild.cut_over(con, state)
+        else:
+            rebuild.rebuild_blocking(con, back)
     except MigrationError as exc:
         if isinstance(exc, DownFailed):
             raise
