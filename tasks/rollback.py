@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from liteshift import faults, inverse, ledger, rebuild, restore
+from liteshift.constraints import find_violations
 from liteshift.db import attach_immutable, begin_immediate, connection, pragma_check, table_exists
 from liteshift.errors import CheckFailed, MigrationError, RollbackRefused
 from liteshift.migrations import DROP_INDEX_RE, Migration, Rebuild, Step, load_migrations
@@ -77,8 +78,9 @@ def rollback_database(
             return Rollback("nothing", [], "the migration never committed: nothing to undo")
         # An online rebuild back copies its rows now, outside the write lock; the downs'
         # transaction then only drains what the application changed meanwhile and swaps.
-        online = _copy_backs_online(con, database, versions, migrations, busy_timeout_ms, rebuild_mode)
+        online: Online = {}
         try:
+            _copy_backs_online(con, database, versions, migrations, busy_timeout_ms, rebuild_mode, online)
             undone = _undo(
                 con, database, migrations_dir, migrations, versions, backup_path, busy_timeout_ms, online
             )
@@ -151,10 +153,12 @@ def _copy_backs_online(
     migrations: dict[str, Migration],
     busy_timeout_ms: int,
     mode: str,
-) -> Online:
-    """Start and copy the rebuilds back that run online, in short throttled transactions."""
+    online: Online,
+) -> None:
+    """Start and copy the rebuilds back that run online, in short throttled transactions, into
+    `online` (filled as they start, so that a failure removes what was started)."""
     if mode == "blocking":
-        return {}
+        return
     backs = [
         (r.version, step)
         for r in _targets(con, versions)
@@ -163,7 +167,6 @@ def _copy_backs_online(
         if isinstance(step, Rebuild)
     ]
     tables = [b.table.lower() for _, b in backs]
-    online: Online = {}
     for version, back in backs:
         if tables.count(back.table.lower()) != 1 or not table_exists(con, back.table):
             continue  # a table rebuilt twice: blocking, inside the transaction
@@ -171,10 +174,23 @@ def _copy_backs_online(
             continue  # rows would not keep their keys: blocking
         if rebuild.choose_mode(con, back, mode) != "online":
             continue
+        _check_fits(con, migrations[version], back)
         state = rebuild.start_online(con, back, f"undo-{version}", str(database), busy_timeout_ms)
         online[(version, back.table.lower())] = state
         rebuild.copy_online(con, state, str(database), busy_timeout_ms)
-    return online
+
+
+def _check_fits(con: sqlite3.Connection, m: Migration, back: Rebuild) -> None:
+    """Refuse, naming the rows by key, when rows written since the migration break a constraint
+    of the table's definition before it (a NULL where it was NOT NULL, a value its CHECK refuses)."""
+    found = find_violations(con, back.table, back.create_sql, back.expressions)
+    if found:
+        raise RollbackRefused(
+            f"Cannot rebuild {back.table} back to its definition before {m.path.name}",
+            f"rows of {back.table} break it: " + "; ".join(v.message() for v in found),
+            "those rows were written after the migration: change them so that the old definition "
+            "holds them, or keep the migration; nothing was changed",
+        )
 
 
 def _finish_undo_leftovers(con: sqlite3.Connection, database: Path, busy_timeout_ms: int) -> None:
@@ -305,9 +321,10 @@ def _rebuild_back(con: sqlite3.Connection, m: Migration, back: Rebuild, state: r
         if state is not None:
             rebuild.cut_over(con, state)
         else:
+            _check_fits(con, m, back)
             rebuild.rebuild_blocking(con, back)
     except MigrationError as exc:
-        if isinstance(exc, DownFailed):
+        if isinstance(exc, RollbackRefused):
             raise
         raise DownFailed(
             f"The down of {m.path.name} failed",

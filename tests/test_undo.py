@@ -608,3 +608,27 @@ def test_an_online_revert_keeps_every_write_of_a_concurrent_writer(make_db, conf
     assert len(rows) == 10_000 + sum(op == "I" for op, _, _ in log) - sum(op == "D" for op, _, _ in log)
     assert "CHECK" not in sql and tracked_versions(db) == []
     assert left == [] and {k: v for k, v in user_snapshot(db).items() if k in schema_before} == schema_before
+
+
+@pytest.mark.parametrize("mode", ["blocking", "online"])
+def test_a_write_the_old_definition_refuses_is_named_and_nothing_changes(
+    make_db, config, tmp_path: Path, mode: str
+) -> None:
+    db = make_db()
+    relaxed = RATES_SQL.replace('"user_email" TEXT NOT NULL', '"user_email" TEXT').format(
+        last='"rate_cents" INTEGER NOT NULL'
+    )
+    d = migrations_dir(tmp_path, {"001_relax.sql": f"-- migrate:rebuild billing_rates\n{relaxed}\n"})
+    apply_migrations(config(db, migrations_dir=d, rebuild_mode=mode))
+    with sqlite3.connect(db) as con:  # allowed now, not before the migration
+        con.execute("UPDATE billing_rates SET user_email = NULL WHERE id IN (7, 9)")
+    before = snapshot(db)
+    with pytest.raises(RollbackRefused) as err:
+        rollback_database(db, d, rebuild_mode=mode)
+    assert str(err.value) == (
+        "Cannot rebuild billing_rates back to its definition before 001_relax.sql: rows of billing_rates "
+        'break it: "user_email" NOT NULL: 2 row(s), first: rowid 7, rowid 9. Try: those rows were '
+        "written after the migration: change them so that the old definition holds them, or keep the "
+        "migration; nothing was changed"
+    )
+    assert snapshot(db) == before
