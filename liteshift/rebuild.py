@@ -906,9 +906,9 @@ def _swap_schema_rows(
     `indexes`: (name, sql, prebuilt index or None) of each index the old table has now. SQLite
     cannot rename an index, and building them here would make the cut-over as long as a blocking
     rebuild: sqlite_schema's name and sql are rewritten in the open transaction, the b-trees are
-    untouched (foreign keys do not change how a row is stored), the schema cookie is bumped so
-    every connection reloads, and this one reloads at once. An index without a prebuilt copy is
-    built by the caller under its freed name.
+    untouched (foreign keys do not change how a row is stored; the old copy loses its own), the
+    schema cookie is bumped so every connection reloads, and this one reloads at once. An index
+    without a prebuilt copy is built by the caller under its freed name.
     """
     cookie = con.execute("PRAGMA schema_version").fetchone()[0]
     con.execute("PRAGMA writable_schema = ON")
@@ -927,6 +927,16 @@ def _swap_schema_rows(
         con.execute(
             "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = ?", (table[1], table[0])
         )
+        # The old copy keeps its rows until it is emptied in batches after the COMMIT (minutes at
+        # 10M rows): without its foreign keys, so that an application with foreign_keys on can
+        # still delete a parent whose children it deleted from the live table.
+        old_sql = con.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (n["old"],))
+        row = old_sql.fetchone()
+        if row is not None:
+            con.execute(
+                "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = ?",
+                (without_foreign_keys(row[0]), n["old"]),
+            )
         con.execute(f"PRAGMA schema_version = {int(cookie) + 1}")
     finally:
         con.execute("PRAGMA writable_schema = RESET")

@@ -668,3 +668,33 @@ def test_a_failed_online_rebuild_removes_its_shadow_and_triggers(tmp_path, confi
     app.execute("INSERT INTO items (qty) VALUES (3)")
     assert app.execute("SELECT count(*) FROM items").fetchone() == (3001,)
     app.close()
+
+
+def test_the_old_copy_left_for_the_drop_phase_blocks_no_parent_delete(tmp_path):
+    """Until it is emptied (minutes at 10M rows), the old copy of an online rebuild must not hold an
+    application with foreign_keys on from deleting a parent whose children it has just deleted."""
+    db = _db(
+        tmp_path / "fk.db",
+        "CREATE TABLE p (id INTEGER PRIMARY KEY)",
+        "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id), v INTEGER)",
+        rows=[f"INSERT INTO p VALUES ({i})" for i in range(1, 51)]
+        + [f"INSERT INTO c (p_id, v) VALUES ({i}, {i})" for i in range(1, 51)],
+    )
+    spec = Rebuild(
+        "c", "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id), v INTEGER CHECK (v > 0))"
+    )
+    con = rebuild_connection(db)
+    state = rebuild.start_online(con, spec, "001", str(db), 10_000)
+    rebuild.copy_online(con, state, str(db), 10_000)
+    con.execute("BEGIN IMMEDIATE")
+    rebuild.cut_over(con, state)
+    con.execute("COMMIT")
+    app = sqlite3.connect(db, isolation_level=None, timeout=10)
+    app.execute("PRAGMA foreign_keys = ON")
+    app.execute("DELETE FROM c WHERE p_id = 5")
+    app.execute("DELETE FROM p WHERE id = 5")  # failed with "FOREIGN KEY constraint failed"
+    app.close()
+    assert _rows(db, "PRAGMA integrity_check") == [("ok",)]
+    assert rebuild.drop_old_tables(con, str(db), 10_000) == 50
+    con.close()
+    assert _rows(db, "PRAGMA foreign_key_check") == []
