@@ -81,6 +81,7 @@ def migrate_database(
     bench_max_runs: int | None = None,
     bench_budget_s: float | None = None,
     rebuild_mode: str | None = None,
+    revert_window_h: float | None = None,
     maintenance_window: str | None = None,
     require_approval: bool | None = None,
     approval_timeout_s: int | None = None,

@@ -68,6 +68,13 @@ class RunConfig(BaseModel):
         description="Table rebuilds: online (shadow table, batched copy, short cut-over), blocking "
         f"(one transaction), or auto: online from {ONLINE_MIN_ROWS:,} rows when each row keeps its key.",
     )
+    revert_window_h: float = Field(
+        24.0,
+        ge=0,
+        description="Hours an online rebuild keeps its old copy, fed with every write, so that a rollback "
+        "only replays what changed and cuts over again; 0: drop it at once. Ended early by "
+        "'liteshift rollback --finish' or by the next migration.",
+    )
     maintenance_window: str | None = Field(
         None,
         description="Refuse to write outside this window, e.g. 'Sun 01:00-05:00 Europe/Berlin'; "
@@ -129,6 +136,7 @@ CLI_FLAGS = {
     "bench_budget_s": "--bench-budget",
     "approval_timeout_s": "--approval-timeout",
     "queue_timeout_s": "--queue-timeout",
+    "revert_window_h": "--revert-window",
 }
 
 

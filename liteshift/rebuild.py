@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-from liteshift import faults
+from liteshift import faults, tracking
 from liteshift.constraints import table_constraints, without_foreign_keys
 from liteshift.db import Held, connection, relaxed_sync, write_transaction
 from liteshift.errors import BadInput, CheckFailed
@@ -292,6 +292,7 @@ class RebuildStats:
     copy_seconds: float = 0.0
     longest_txn_seconds: float = 0.0
     reconciled: int = 0
+    retained: bool = False  # the old copy is kept, fed, for a revert (REVERT_PREFIX state)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -837,8 +838,13 @@ def _incremental_fk_check(con: sqlite3.Connection, state: Online, table: str) ->
     check_foreign_keys(con, table, itself=False)
 
 
-def cut_over(con: sqlite3.Connection, state: Online) -> RebuildStats:
-    """Inside the migration's transaction: drain, check, swap tables and index names, restore."""
+def cut_over(con: sqlite3.Connection, state: Online, retain_back: Rebuild | None = None) -> RebuildStats:
+    """Inside the migration's transaction: drain, check, swap tables and index names, restore.
+
+    retain_back: the rebuild that would undo this one; the old copy is then kept as its shadow,
+    already filled, and fed by capture triggers on the new table (see _retain_old) instead of
+    being dropped, so that a rollback only replays what changed since and cuts over again.
+    """
     start = time.perf_counter()
     n = names(state.source.name)
     state.stats.backlog_at_cutover = con.execute(f"SELECT count(*) FROM {n['changes']}").fetchone()[0]
@@ -889,6 +895,10 @@ def cut_over(con: sqlite3.Connection, state: Online) -> RebuildStats:
     for name in _capture_triggers(con, n):  # the parents' ones, kept for the check above
         con.execute(f"DROP TRIGGER {name}")
     con.execute(f"DROP TABLE IF EXISTS {n['parents']}")
+    if retain_back is not None:
+        state.stats.retained = _retain_old(
+            con, state, n, [(name, sql) for name, sql, _ in indexes], retain_back
+        )
     faults.point("rebuild-cutover-swapped")
     state.stats.cutover_seconds = time.perf_counter() - start
     return state.stats
@@ -940,6 +950,106 @@ def _swap_schema_rows(
         con.execute(f"PRAGMA schema_version = {int(cookie) + 1}")
     finally:
         con.execute("PRAGMA writable_schema = RESET")
+
+
+REVERT_PREFIX = "undo-"  # state ids of rebuilds back: "undo-VERSION:TAG"
+
+
+def _retain_old(
+    con: sqlite3.Connection,
+    state: Online,
+    n: dict[str, str],
+    old_indexes: list[tuple[str, str]],
+    back: Rebuild,
+) -> bool:
+    """In the cut-over's transaction: make the old copy the shadow of the rebuild back, already
+    filled: its spare indexes take the names the rebuild back expects, it keeps no foreign key,
+    and capture triggers on the new table record every key the application changes from now on.
+    False (the old copy is dropped as usual) when its indexes are not the new table's."""
+    live = read_table(con, state.spec.table)
+    if sorted(live.indexes) != sorted(old_indexes) or plan_copy(live, back).shadow_key is None:
+        return False
+    con.execute(f"ALTER TABLE {n['old']} RENAME TO {n['shadow']}")
+    cookie = con.execute("PRAGMA schema_version").fetchone()[0]
+    con.execute("PRAGMA writable_schema = ON")
+    try:
+        for i, index in enumerate(live.indexes):
+            temp = f"{n['index']}_{i}"
+            con.execute(
+                "UPDATE sqlite_schema SET name = ?, sql = ? WHERE type = 'index' AND name = ?",
+                (
+                    temp,
+                    _shadow_index_sql(index[1], temp, n["shadow"]),
+                    f"{n['old']}_ix_{old_indexes.index(index)}",
+                ),
+            )
+        con.execute(f"PRAGMA schema_version = {int(cookie) + 1}")
+    finally:
+        con.execute("PRAGMA writable_schema = RESET")
+    for ddl in _changes_ddl(n, live) + _parents_ddl(n, foreign_keys(con, back.create_sql) or []):
+        con.execute(ddl)
+    con.execute(f"DELETE FROM {STATE_TABLE} WHERE id = ?", (state.id,))
+    con.execute(
+        f"INSERT INTO {STATE_TABLE} (id, table_name, phase, target_sql, source_sql, started_at) "
+        "VALUES (?, ?, 'reconcile', ?, ?, ?)",
+        (f"{REVERT_PREFIX}{state.version}:{n['id']}", live.name, back.create_sql, live.sql, time.time()),
+    )
+    return True
+
+
+def shadow_indexes_match(con: sqlite3.Connection, state: Online) -> bool:
+    """True when the shadow has, under the names the cut-over expects, an index for each index the
+    table has now (a kept old copy made before an index was added or dropped has not)."""
+    n = names(state.source.name)
+    have = dict(
+        con.execute(
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+            (n["shadow"],),
+        ).fetchall()
+    )
+    want = {
+        f"{n['index']}_{i}": _shadow_index_sql(sql, f"{n['index']}_{i}", n["shadow"])
+        for i, (_, sql) in enumerate(state.source.indexes)
+    }
+    return have == want
+
+
+def end_revert_windows(con: sqlite3.Connection, path: str, timeout_ms: int, every: bool = False) -> list[str]:
+    """End the revert windows that are over (the migration no longer applied, or its
+    revert_until passed; `every`: all of them): the capture triggers go and the old copy is
+    emptied and dropped in short transactions, as after a cut-over without a window."""
+    if con.execute(f"SELECT 1 FROM sqlite_schema WHERE name = '{STATE_TABLE}'").fetchone() is None:
+        return []
+    applied = tracking.read_tracking(con)
+    ended = []
+    for state_id, table in con.execute(
+        f"SELECT id, table_name FROM {STATE_TABLE} WHERE substr(id, 1, ?) = ? AND phase != 'drop-old'",
+        (len(REVERT_PREFIX), REVERT_PREFIX),
+    ).fetchall():
+        version = state_id[len(REVERT_PREFIX) :].split(":")[0]
+        until = (applied[version].record().get("revert_until") or 0) if version in applied else 0
+        if not every and time.time() < float(until):
+            continue  # its window is open: a rollback may still revert it
+        n = names(table)
+        with write_transaction(con, path, timeout_ms):
+            for name in _capture_triggers(con, n):
+                con.execute(f"DROP TRIGGER {name}")
+            con.execute(f"DROP TABLE IF EXISTS {n['changes']}")
+            con.execute(f"DROP TABLE IF EXISTS {n['parents']}")
+            shadow = con.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (n["shadow"],)).fetchone()
+            taken = con.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (n["old"],)).fetchone()
+            if not shadow or taken:  # nothing kept, or another cut-over's old copy still waits
+                con.execute(f"DROP TABLE IF EXISTS {n['shadow']}")
+                con.execute(f"DELETE FROM {STATE_TABLE} WHERE id = ?", (state_id,))
+            else:
+                con.execute(f"ALTER TABLE {n['shadow']} RENAME TO {n['old']}")
+                con.execute(
+                    f"UPDATE {STATE_TABLE} SET phase = 'drop-old', table_name = ? WHERE id = ?",
+                    (n["old"], state_id),
+                )
+        ended.append(f"ended the revert window of {table}: its old copy is dropped ({state_id})")
+    drop_old_tables(con, path, timeout_ms)
+    return ended
 
 
 def drop_old_tables(
@@ -1020,12 +1130,15 @@ def finish_leftovers(database: str, timeout_ms: int, keep: frozenset[str] = froz
             f"SELECT id, table_name FROM {STATE_TABLE} WHERE phase != 'drop-old' ORDER BY id"
         ).fetchall()
         for state_id, table in stale:
+            if state_id.startswith(REVERT_PREFIX):
+                continue  # a rebuild back: end_revert_windows decides
             if state_id not in keep:
                 abandon_online(con, table, database, timeout_ms)
                 done.append(
                     f"removed the unfinished online rebuild of {table} ({state_id}): its shadow copy, "
                     "key table and capture triggers"
                 )
+        done += end_revert_windows(con, database, timeout_ms)
         freed = drop_old_tables(con, database, timeout_ms)
         if freed:
             done.append(f"dropped the old copy a finished online rebuild left ({freed:,} rows)")

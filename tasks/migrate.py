@@ -66,6 +66,8 @@ def copy_rebuilds(
     todo = tracking.pending(load_migrations(cfg.migrations_dir), _applied(cfg))
     stats = []
     with connection(cfg.database, cfg.busy_timeout_ms) as con, rebuild.foreign_keys_off(con):
+        if any(m.rebuilds for m in todo):  # a kept old copy would stand in a new rebuild's way
+            rebuild.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
         online = _online_rebuilds(con, cfg, todo)
         keep = frozenset(f"{v}:{rebuild.names(r.table)['id']}" for v, r in online)
         rebuild.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms, keep)
@@ -111,7 +113,10 @@ def apply_migrations(
         # Online rebuilds: the copy (done already when the flow ran copy_rebuilds) and the
         # reconcile down to a small backlog, outside the migration's transaction.
         online: dict[tuple[str, str], rebuild.Online] = {}
-        planned = _online_rebuilds(con, cfg, tracking.pending(migrations, tracking.read_tracking(con)))
+        todo = tracking.pending(migrations, tracking.read_tracking(con))
+        if any(m.rebuilds for m in todo):  # a kept old copy would stand in a new rebuild's way
+            rebuild.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
+        planned = _online_rebuilds(con, cfg, todo)
         with _abandon_on_failure(con, cfg, [spec for _, spec in planned]):
             for version, spec in planned:
                 state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
@@ -160,14 +165,26 @@ def _commit(
         changes = con.total_changes
         stats: list[rebuild.RebuildStats] = []
         recorders = {m.version: inverse.Recorder() for m in todo}
+        retained: set[str] = set()
         with restore.tables_written(con) as written:
             timings = _apply(
-                con, todo, batch, backup_path, flow_run_id, on_progress, online, stats, recorders
+                con,
+                todo,
+                batch,
+                backup_path,
+                flow_run_id,
+                on_progress,
+                online,
+                stats,
+                recorders,
+                cfg.revert_window_h > 0,
+                retained,
             )
         rows_changed = con.total_changes - changes - len(todo)
         ledger.bump(con, written)
         if todo:
-            _record_undo(con, todo, recorders, backup_path, backup_writes, before, written)
+            until = time.time() + cfg.revert_window_h * 3600
+            _record_undo(con, todo, recorders, backup_path, backup_writes, before, written, retained, until)
         faults.point("migrate-before-commit")
         con.execute("COMMIT")
     except BaseException:
@@ -196,7 +213,11 @@ def _apply(
     online: dict[tuple[str, str], rebuild.Online],
     stats: list[rebuild.RebuildStats],
     recorders: dict[str, inverse.Recorder],
+    retain: bool,
+    retained: set[str],
 ) -> dict[str, float]:
+    """Every pending up, statement by statement; online rebuilds cut over (keeping their old copy
+    for a revert when `retain`, the versions that did so added to `retained`)."""
     timings = {}
     total = max(1, sum(len(m.steps) for m in todo))
     done = 0
@@ -206,7 +227,13 @@ def _apply(
             recorders[m.version].before(con, stmt)  # its inverse, read before it runs
             if isinstance(stmt, Rebuild):
                 state = online.get((m.version, stmt.table.lower()))
-                stats.append(rebuild.cut_over(con, state) if state else rebuild.rebuild_blocking(con, stmt))
+                if state:
+                    back = recorders[m.version].rebuilds_back[-1] if retain else None
+                    stats.append(rebuild.cut_over(con, state, back))
+                    if stats[-1].retained:
+                        retained.add(m.version)
+                else:
+                    stats.append(rebuild.rebuild_blocking(con, stmt))
                 done += 1
                 continue
             try:
@@ -249,6 +276,8 @@ def _record_undo(
     backup_writes: dict[str, int] | None,
     before: restore.Before,
     written: set[str],
+    retained: set[str],
+    revert_until: float,
 ) -> None:
     """Record how each migration is undone and, where only the backup can undo it, the proof a
     restore will check; leave the write ledger on exactly the tables some proof needs."""
@@ -267,7 +296,7 @@ def _record_undo(
         restore.seal(con, proof)
     for m in todo:
         derived = recorders[m.version].derived
-        record = {
+        record: dict[str, Any] = {
             "undo": kinds[m.version],
             "down": inverse.to_json(derived) if derived is not None else None,
             "rebuilds_back": [
@@ -276,6 +305,8 @@ def _record_undo(
             "proof": proof,
             "no_proof": why,
         }
+        if m.version in retained:  # its online rebuild keeps the old copy fed until then
+            record["revert_until"] = revert_until
         con.execute(
             f"UPDATE {TRACKING_TABLE} SET fingerprint = ? WHERE version = ?", (json.dumps(record), m.version)
         )

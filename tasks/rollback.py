@@ -175,7 +175,15 @@ def _copy_backs_online(
         if rebuild.choose_mode(con, back, mode) != "online":
             continue
         _check_fits(con, migrations[version], back)
-        state = rebuild.start_online(con, back, f"undo-{version}", str(database), busy_timeout_ms)
+        state = rebuild.start_online(
+            con, back, f"{rebuild.REVERT_PREFIX}{version}", str(database), busy_timeout_ms
+        )
+        if state.phase != "copy" and not rebuild.shadow_indexes_match(con, state):
+            # The old copy kept for the revert lost step with the table's indexes: copy afresh.
+            rebuild.abandon_online(con, state.source.name, str(database), busy_timeout_ms)
+            state = rebuild.start_online(
+                con, back, f"{rebuild.REVERT_PREFIX}{version}", str(database), busy_timeout_ms
+            )
         online[(version, back.table.lower())] = state
         rebuild.copy_online(con, state, str(database), busy_timeout_ms)
 
@@ -194,23 +202,17 @@ def _check_fits(con: sqlite3.Connection, m: Migration, back: Rebuild) -> None:
 
 
 def _finish_undo_leftovers(con: sqlite3.Connection, database: Path, busy_timeout_ms: int) -> None:
-    """After a rollback killed part way: the shadow of an online rebuild back that no rollback
-    will swap any more (nothing is left to undo), and the old table a swap left, are removed."""
-    if table_exists(con, rebuild.STATE_TABLE):
-        stale = con.execute(
-            f"SELECT table_name FROM {rebuild.STATE_TABLE} WHERE id LIKE 'undo-%' AND phase != 'drop-old'"
-        ).fetchall()
-        for (table,) in stale:
-            rebuild.abandon_online(con, table, str(database), busy_timeout_ms)
-    rebuild.drop_old_tables(con, str(database), busy_timeout_ms)
+    """After a rollback killed part way: the shadow of a rebuild back that no rollback will swap
+    any more (its migration is no longer applied), and the old table a swap left, are removed."""
+    rebuild.end_revert_windows(con, str(database), busy_timeout_ms)
 
 
 def _abandon_backs(con: sqlite3.Connection, database: Path, online: Online, busy_timeout_ms: int) -> None:
-    """Remove the shadow copies and capture triggers of online rebuilds back that were not swapped."""
-    for state in online.values():
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        rebuild.abandon_online(con, state.source.name, str(database), busy_timeout_ms)
+    """The rebuilds back that were not swapped: each stays the migration's kept old copy while
+    its revert window is open (end_revert_windows), else it is removed."""
+    if con.in_transaction:
+        con.execute("ROLLBACK")
+    rebuild.end_revert_windows(con, str(database), busy_timeout_ms)
 
 
 def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[TrackingRow]:
@@ -255,8 +257,10 @@ def _why_backup(todo: list[Migration], rows: list[TrackingRow], plans: dict[str,
 def _downs_result(todo: list[Migration], online: Online) -> Rollback:
     labels = [m.label for m in todo]
     swapped = "".join(
-        f"; {table} rebuilt back online (cut-over {state.stats.cutover_seconds * 1e3:.0f} ms)"
-        for (_, table), state in online.items()
+        f"; {state.source.name} rebuilt back online ({state.stats.rows:,} rows copied, "
+        f"{state.stats.reconciled:,} changed ones replayed; "
+        f"cut-over {state.stats.cutover_seconds * 1e3:.0f} ms)"
+        for state in online.values()
     )
     if all(m.down for m in todo):
         return Rollback("down", labels, f"ran the down of {', '.join(labels)}{swapped}")
@@ -464,13 +468,18 @@ def finish_undo(database: Path, busy_timeout_ms: int = 5000) -> str:
         watched = sorted(ledger.guarded(con))
         ledger.keep_only(con, [])
         con.execute("COMMIT")
-    if not ended and not watched:
-        return "nothing to finish: no migration keeps a restore proof"
-    return (
-        f"ended the restore proof of {', '.join(ended) or 'no migration'} and removed the write ledger "
-        f"from {', '.join(watched) or 'no table'}; a migration without a down can no longer be undone "
-        "from its backup"
-    )
+        windows = rebuild.end_revert_windows(con, str(database), busy_timeout_ms, every=True)
+    if not ended and not watched and not windows:
+        return "nothing to finish: no migration keeps a restore proof or an old copy"
+    said = []
+    if ended or watched:
+        said.append(
+            f"ended the restore proof of {', '.join(ended) or 'no migration'} and removed the write "
+            f"ledger from {', '.join(watched) or 'no table'}; a migration without a down can no longer "
+            "be undone from its backup"
+        )
+    said += windows
+    return "; ".join(said)
 
 
 def _compare_command(con: sqlite3.Connection, database: Path, backup: str, table: str) -> str:

@@ -81,10 +81,10 @@ WRITES = {
 }
 
 
-def _apply(db: Path, config, tmp_path: Path, kind: str):
+def _apply(db: Path, config, tmp_path: Path, kind: str, window_h: float = 24.0):
     sql, mode, _ = KINDS[kind]
     d = migrations_dir(tmp_path, {"001_change.sql": sql})
-    cfg = config(db, migrations_dir=d, backup_dir=tmp_path, rebuild_mode=mode)
+    cfg = config(db, migrations_dir=d, backup_dir=tmp_path, rebuild_mode=mode, revert_window_h=window_h)
     b = backup_database(cfg, watch_writes=True)
     apply_migrations(cfg, backup_path=b.path)
     return d, b
@@ -543,16 +543,20 @@ def test_the_ledger_watches_only_what_the_migrations_may_write(config, tmp_path:
         assert validate_database(config(db, migrations_dir=d)).watch_tables == watched, sql
 
 
-def test_an_online_revert_keeps_every_write_of_a_concurrent_writer(make_db, config, tmp_path: Path) -> None:
-    """An online rebuild undone by an online rebuild back: the rows are copied outside the write
-    lock while the application inserts, updates and deletes; the downs' transaction only drains
-    the last changes and swaps. No commit is lost, none duplicated."""
+@pytest.mark.parametrize("window_h", [24.0, 0.0])
+def test_an_online_revert_keeps_every_write_of_a_concurrent_writer(
+    make_db, config, tmp_path: Path, window_h: float
+) -> None:
+    """An online rebuild undone by an online rebuild back while the application inserts, updates
+    and deletes: with a revert window, its kept old copy only replays what changed since; without,
+    the rows are copied again outside the write lock. The downs' transaction only drains the last
+    changes and swaps. No commit is lost, none duplicated, before or after the migration."""
     import random
     import threading
     import time
 
     db = make_db(rows=40_000)  # billing_rates: 10,000 rows
-    d, _ = _apply(db, config, tmp_path, "online-rebuild")
+    d, _ = _apply(db, config, tmp_path, "online-rebuild", window_h)
     schema_before = {
         k: v for k, v in user_snapshot(db).items() if k == "schema:index:idx_billing_rates_project"
     }
@@ -589,9 +593,14 @@ def test_an_online_revert_keeps_every_write_of_a_concurrent_writer(make_db, conf
     finally:
         stop.set()
         thread.join()
-    assert r.action == "derived-down" and "billing_rates rebuilt back online (cut-over " in r.message, (
-        r.message
+    import re
+
+    found = re.search(
+        r"billing_rates rebuilt back online \(([\d,]+) rows copied, ([\d,]+) changed", r.message
     )
+    assert r.action == "derived-down" and found, r.message
+    copied = int(found.group(1).replace(",", ""))
+    assert copied == 0 if window_h else copied >= 10_000  # the kept copy replays; else copied anew
     assert len(log) > 50
     expected: dict[int, str | None] = {}
     for op, key, value in log:
@@ -632,3 +641,41 @@ def test_a_write_the_old_definition_refuses_is_named_and_nothing_changes(
         "migration; nothing was changed"
     )
     assert snapshot(db) == before
+
+
+def _kept(db: Path) -> list[str]:
+    with sqlite3.connect(db) as con:
+        return sorted(
+            n
+            for (n,) in con.execute("SELECT name FROM sqlite_schema")
+            if n.startswith(("liteshift_new_", "liteshift_changes_", "liteshift_capture_", "liteshift_old_"))
+        )
+
+
+def test_a_revert_window_stays_open_until_it_is_over_or_finished(make_db, config, tmp_path: Path) -> None:
+    from liteshift import rebuild
+    from liteshift.tasks.rollback import finish_undo
+
+    db = make_db()
+    _apply(db, config, tmp_path, "online-rebuild")  # a 24 h window
+    kept = _kept(db)
+    assert [k for k in kept if k.startswith("liteshift_new_")] and [k for k in kept if "capture" in k]
+    assert rebuild.finish_leftovers(str(db), 5000) == []  # a run with nothing to do keeps it
+    assert _kept(db) == kept
+    message = finish_undo(db)
+    assert message.startswith("ended the revert window of billing_rates: its old copy is dropped (undo-001:")
+    assert _kept(db) == []
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM billing_rates").fetchone() == (1000,)
+
+
+def test_an_expired_revert_window_is_ended_by_the_next_run(make_db, config, tmp_path: Path) -> None:
+    from liteshift import rebuild
+
+    db = make_db()
+    d, _ = _apply(db, config, tmp_path, "online-rebuild", window_h=1e-9)  # over at once
+    assert _kept(db) != []
+    done = rebuild.finish_leftovers(str(db), 5000)
+    assert done[0].startswith("ended the revert window of billing_rates") and _kept(db) == []
+    r = rollback_database(db, d)  # still undone, by a rebuild back from scratch
+    assert r.action == "derived-down" and tracked_versions(db) == []

@@ -339,6 +339,8 @@ def test_rebuild_kill_point(point, tmp_path, rebuild_template, run_cli, record):
         migrations,
         "--rebuild-mode",
         "online",
+        "--revert-window",  # the old copy dropped at once, as this matrix checks (test_revert_kill keeps it)
+        "0",
         "--backup-dir",
         tmp_path / "backups",
         "--report-dir",

@@ -2,12 +2,14 @@
 application writes.
 
 The migration of test_rebuild_kill (an index, then worklogs rebuilt online with a CHECK) is applied
-first, not killed. Its undo is derived: the index dropped, worklogs rebuilt back online (copied
-outside the write lock, swapped in the downs' transaction). The rollback is killed at each point;
-after the kill: integrity_check is ok, worklogs is either fully new (migrated) or fully old (undone)
-and the application still writes. A second `liteshift rollback` converges to the old definition,
-leaves nothing behind, and every write the application committed before, during and after is
-there exactly as committed. FAST points run under plain `pytest`; the rest with `pytest -m slow`.
+first, not killed, with a revert window (its old copy kept and fed) or without one. Its undo is
+derived: the index dropped, worklogs rebuilt back online (from the kept copy, replaying what
+changed since; or copied anew outside the write lock), swapped in the downs' transaction. The
+rollback is killed at each point. After the kill: integrity_check is ok, worklogs is either fully
+new (migrated) or fully old (undone) and the application still writes. A second `liteshift
+rollback` converges to the old definition, leaves nothing behind, and every write the
+application committed before, during and after is there exactly as committed. FAST points run
+under plain `pytest`; the rest with `pytest -m slow`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from test_rebuild_kill import rebuild_template as demo_template  # noqa: F401  (
 
 from liteshift.faults import POINTS
 
-FAST = {"rebuild-copy-batch", "rollback-downs-committed"}
+FAST = {("rebuild-copy-batch", "0"), ("rebuild-reconcile", "24"), ("rollback-downs-committed", "24")}
+# A kept old copy is resumed: the points of a fresh copy are not passed.
+FRESH_COPY_ONLY = {"rebuild-preparing", "rebuild-prepared", "rebuild-copy-batch"}
 BEFORE_COMMIT = [
     "rebuild-preparing",
     "rebuild-prepared",
@@ -52,10 +56,15 @@ AFTER_COMMIT = [
 
 
 @pytest.mark.parametrize(
-    "point",
-    [pytest.param(p, marks=() if p in FAST else (pytest.mark.slow,)) for p in BEFORE_COMMIT + AFTER_COMMIT],
+    ("point", "window"),
+    [
+        pytest.param(p, w, id=f"{p}-window{w}", marks=() if (p, w) in FAST else (pytest.mark.slow,))
+        for w in ("24", "0")
+        for p in BEFORE_COMMIT + AFTER_COMMIT
+        if not (w != "0" and p in FRESH_COPY_ONLY)
+    ],
 )
-def test_revert_kill_point(point, tmp_path, demo_template, run_cli, record):  # noqa: F811
+def test_revert_kill_point(point, window, tmp_path, demo_template, run_cli, record):  # noqa: F811
     assert point in POINTS
     started = time.monotonic()
     db = _copy(demo_template, tmp_path / "w.db")
@@ -66,11 +75,12 @@ def test_revert_kill_point(point, tmp_path, demo_template, run_cli, record):  # 
     migrations.mkdir()
     (migrations / "001_positive_time.sql").write_text(MIGRATION, "utf-8")
     common = ["--database", db, "--migrations", migrations, "--rebuild-mode", "online", "--json"]
+    window_args = ["--revert-window", window]
     probes: dict[int, int] = {}
     writer = Writer(db, tmp_path / "writer", seed=POINTS.index(point))
     try:
         writer.wait_commits(20)
-        run = run_cli("run", *common, "--report-dir", tmp_path / "reports")
+        run = run_cli("run", *common, *window_args, "--report-dir", tmp_path / "reports")
         assert run.returncode == 0, run.stderr[-2000:]
         assert _state(db, original_sql, original_indexes) == "new"
         writer.wait_commits(20)
@@ -116,6 +126,7 @@ def test_revert_kill_point(point, tmp_path, demo_template, run_cli, record):  # 
     record(
         kind="revert-kill",
         point=point,
+        window_h=window,
         after_kill=after_kill,
         writer_commits=summary["commits"],
         writer_rate=round(summary["commits"] / summary["seconds"]),
