@@ -7,7 +7,9 @@ writer process of bench/rebuild.py starts (single-row INSERT/UPDATE/DELETE commi
 each logged with its latency) and, 1 s later, `tasks.rollback.rollback_database` undoes the
 migration with rebuild_mode online or blocking: its derived down, the worklogs rebuild back.
 Recorded: the rollback's wall time, the write lock of its downs' transaction (the cut-over when
-online), and the writer's latencies during it. Modes alternate per repeat.
+online), and the writer's latencies during it. A third mode, kept, applies the migration online
+with a revert window, lets the writer change rows for 10 s, then rolls back: the rebuild back
+resumes the kept old copy and replays only those changes. Modes alternate per repeat.
 
     .venv/bin/python bench/revert.py --rows 1000000 --repeats 1
 """
@@ -37,9 +39,16 @@ from liteshift.tasks.rollback import rollback_database  # noqa: E402
 def one_run(
     template: Path, meta: dict[str, Any], mdir: Path, work: Path, mode: str, rate: float
 ) -> dict[str, Any]:
+    """mode: "blocking" or "online" (the migration applied blocking, its rebuild back copied anew),
+    or "kept" (the migration applied online with a revert window: the rollback replays only what
+    the writer changed in the 10 s before it)."""
     db = work / "revert.db"
     rb.fresh_copy(template, db)
-    apply_migrations(RunConfig(database=db, migrations_dir=mdir, rebuild_mode="blocking"))
+    kept = mode == "kept"
+    forward = RunConfig(
+        database=db, migrations_dir=mdir, rebuild_mode="online" if kept else "blocking", revert_window_h=24
+    )
+    apply_migrations(forward)
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     log_path = work / f"{mode}-writer.csv"
@@ -52,9 +61,9 @@ def one_run(
     if not ready.wait(60):
         proc.kill()
         raise RuntimeError("writer did not start")
-    time.sleep(1.0)
+    time.sleep(10.0 if kept else 1.0)
     t0 = time.perf_counter()
-    result = rollback_database(db, mdir, rebuild_mode=mode)
+    result = rollback_database(db, mdir, rebuild_mode="blocking" if mode == "blocking" else "online")
     t1 = time.perf_counter()
     time.sleep(1.0)
     stop.set()
@@ -93,7 +102,7 @@ def main() -> None:
     for rows in args.rows:
         template, meta = rb.build_template(args.out, rows)
         for repeat in range(args.repeats):
-            modes = ("online", "blocking") if repeat % 2 == 0 else ("blocking", "online")
+            modes = ("online", "blocking", "kept") if repeat % 2 == 0 else ("kept", "blocking", "online")
             for mode in modes:
                 run = {
                     "rows": rows,
