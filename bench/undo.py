@@ -35,13 +35,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from liteshift import ledger  # noqa: E402
+from liteshift import ledger, rebuild  # noqa: E402  (rebuild's capture triggers: the revert feed)
 from liteshift.config import RunConfig  # noqa: E402
 from liteshift.db import backup_pages, connection, write_transaction  # noqa: E402
 from liteshift.demo import build_demo_db  # noqa: E402
@@ -81,8 +82,24 @@ def set_ledger(db: Path, on: bool) -> None:
             ledger.keep_only(con, [])
 
 
-def ledger_tax(db: Path, rows: int, blocks: int, block: int) -> dict[str, Any]:
-    """Per-commit latency of single-row writes, without and with the ledger, in alternating blocks."""
+def set_feed(db: Path, on: bool) -> None:
+    """The capture triggers a revert window keeps on the new table (as rebuild._retain_old puts
+    them), or none."""
+    with connection(db) as con, write_transaction(con, db, 5000):
+        n = rebuild.names("worklogs")
+        for name in rebuild._capture_triggers(con, n):
+            con.execute(f"DROP TRIGGER {name}")
+        con.execute(f"DROP TABLE IF EXISTS {n['changes']}")
+        if on:
+            for ddl in rebuild._changes_ddl(n, rebuild.read_table(con, "worklogs")):
+                con.execute(ddl)
+
+
+def write_tax(
+    db: Path, rows: int, blocks: int, block: int, switch: Callable[[Path, bool], None]
+) -> dict[str, Any]:
+    """Per-commit latency of single-row writes, without and with `switch`'s triggers, in
+    alternating blocks; and one 100,000-row UPDATE without and with."""
     rng = random.Random(7)
     latencies: dict[str, list[float]] = {"without": [], "with": []}
     con = sqlite3.connect(db, isolation_level=None, timeout=10)
@@ -90,7 +107,7 @@ def ledger_tax(db: Path, rows: int, blocks: int, block: int) -> dict[str, Any]:
     try:
         for b in range(2 * blocks):
             mode = "without" if b % 2 == 0 else "with"
-            set_ledger(db, mode == "with")
+            switch(db, mode == "with")
             for i in range(block):
                 start = time.perf_counter()
                 con.execute("BEGIN IMMEDIATE")
@@ -110,7 +127,7 @@ def ledger_tax(db: Path, rows: int, blocks: int, block: int) -> dict[str, Any]:
                 latencies[mode].append(time.perf_counter() - start)
         bulk = {}
         for mode in ("without", "with"):
-            set_ledger(db, mode == "with")
+            switch(db, mode == "with")
             con.execute("BEGIN IMMEDIATE")
             start = time.perf_counter()
             con.execute("UPDATE worklogs SET comment = comment WHERE id <= 100000")
@@ -118,7 +135,7 @@ def ledger_tax(db: Path, rows: int, blocks: int, block: int) -> dict[str, Any]:
             con.execute("ROLLBACK")
     finally:
         con.close()
-        set_ledger(db, False)
+        switch(db, False)
     summary = {
         mode: {
             "commits": len(v),
@@ -186,14 +203,15 @@ def summarize(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {results['machine']}; load {results['load']}",
         "",
-        "| rows | commit p50 without / with ledger | p99 without / with "
+        "| rows, triggers | commit p50 without / with | p99 without / with "
         "| bulk UPDATE per row, without / with |",
         "|---|---|---|---|",
     ]
-    for size in results["sizes"]:
-        t = size["ledger_tax"]
+    for size, what in ((z, w) for z in results["sizes"] for w in ("ledger_tax", "feed_tax")):
+        t = size[what]
         lines.append(
-            f"| {size['rows']:,} | {t['without']['p50_ms']:.3f} / {t['with']['p50_ms']:.3f} ms "
+            f"| {size['rows']:,} {'ledger' if what == 'ledger_tax' else 'revert feed'} "
+            f"| {t['without']['p50_ms']:.3f} / {t['with']['p50_ms']:.3f} ms "
             f"({t['p50_ratio']:.2f}x) | {t['without']['p99_ms']:.3f} / {t['with']['p99_ms']:.3f} ms "
             f"({t['p99_ratio']:.2f}x) | {t['bulk_per_row_us']['without']:.2f} / "
             f"{t['bulk_per_row_us']['with']:.2f} us |"
@@ -225,7 +243,17 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=4, help="blocks per mode (default 4)")
     parser.add_argument("--block", type=int, default=600, help="commits per block (default 600)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "undo")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        nargs="*",
+        metavar="REVERT_RESULTS",
+        help="only draw bench/undo.png from OUT/results.json and bench/revert.py's results.json files",
+    )
     args = parser.parse_args()
+    if args.plot is not None:
+        plot(args.out, args.plot, ROOT / "bench" / "undo.png")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -239,8 +267,12 @@ def main() -> None:
             work = Path(tmp)
             db = work / "tax.db"
             fresh_copy(tmpl, db)
-            size: dict[str, Any] = {"rows": rows, "ledger_tax": ledger_tax(db, rows, args.blocks, args.block)}
-            print(json.dumps(size["ledger_tax"]), flush=True)
+            size: dict[str, Any] = {
+                "rows": rows,
+                "ledger_tax": write_tax(db, rows, args.blocks, args.block, set_ledger),
+                "feed_tax": write_tax(db, rows, args.blocks, args.block, set_feed),
+            }
+            print(json.dumps({k: size[k] for k in ("ledger_tax", "feed_tax")}), flush=True)
             db.unlink()
             size["restores"] = [
                 proof_and_restore(tmpl, work, t, n)
@@ -252,6 +284,51 @@ def main() -> None:
     summary = summarize(results)
     (args.out / "summary.md").write_text(summary)
     print(summary)
+
+
+def plot(out: Path, revert_results: list[Path], target: Path) -> None:
+    """bench/undo.png: the write lock of each way of undoing, old against new, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    undo = json.loads((out / "results.json").read_text())
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels, old, new = [], [], []
+    for size in undo["sizes"]:
+        for p in size["restores"]:
+            labels.append(f"{size['rows'] // 1_000_000}M: {p['table']}\n({p['rows_written']} rows)")
+            old.append(p["whole_file_restore_s"])
+            new.append(p["restore_lock_s"])
+    x = range(len(labels))
+    left.bar([i - 0.2 for i in x], old, 0.4, label="old: whole-file restore, unproven")
+    left.bar([i + 0.2 for i in x], new, 0.4, label="restore under the write-ledger proof")
+    left.set_xticks(list(x), labels, fontsize=7)
+    left.set_yscale("log")
+    left.set_ylabel("write lock held (s)")
+    left.set_title("Undoing a migration only the backup can undo", fontsize=9)
+    left.legend(fontsize=7)
+    runs = [r for path in revert_results if path.exists() for r in json.loads(path.read_text())["runs"]]
+    names = {
+        "blocking": "blocking rebuild back",
+        "online": "online, copied anew",
+        "kept": "online, kept copy",
+    }
+    bars = [
+        (f"{r['rows'] // 1_000_000}M\n{names[r['mode']]}", r["lock_seconds"], r["writer_max_ms"] / 1e3)
+        for r in runs
+    ]
+    x = range(len(bars))
+    right.bar([i - 0.2 for i in x], [b[1] for b in bars], 0.4, label="write lock of the downs' transaction")
+    right.bar([i + 0.2 for i in x], [b[2] for b in bars], 0.4, label="writer's longest stall (250 commits/s)")
+    right.set_xticks(list(x), [b[0] for b in bars], fontsize=7)
+    right.set_yscale("log")
+    right.set_ylabel("seconds")
+    right.set_title("Reverting migration 002's worklogs rebuild", fontsize=9)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
 
 
 if __name__ == "__main__":
