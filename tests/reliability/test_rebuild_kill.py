@@ -275,6 +275,25 @@ def _expected(
     return ids, values
 
 
+def check_every_write(
+    db: Path,
+    initial: set[int],
+    ops: list[tuple[str, int, int]],
+    probes: dict[int, int],
+    template_rows: dict[int, tuple[object, ...]],
+) -> None:
+    """Every write the application committed is there exactly as committed, nothing else moved."""
+    ids, values = _expected(initial, ops, probes)
+    rows = _rows(db)
+    assert set(rows) - ids == set(), "rows the application never committed (or deleted) are present"
+    assert ids - set(rows) == set(), "committed rows are missing"
+    wrong = {i: (rows[i][7], v) for i, v in values.items() if rows[i][7] != v}
+    assert wrong == {}, "time_spent_seconds differs from the last committed value (found, committed)"
+    untouched = initial - {rowid for _, rowid, _ in ops}
+    changed = [i for i in untouched if rows[i] != template_rows[i]]
+    assert changed == [], "rows the application never touched changed"
+
+
 def _rows(db: Path) -> dict[int, tuple[object, ...]]:
     con = sqlite3.connect(db)
     try:
@@ -389,15 +408,7 @@ def test_rebuild_kill_point(point, tmp_path, rebuild_template, run_cli, record):
     assert integrity(db) == ["ok"]
 
     ops = writer.ops()
-    ids, values = _expected(initial, ops, probes)
-    rows = _rows(db)
-    assert set(rows) - ids == set(), "rows the application never committed (or deleted) are present"
-    assert ids - set(rows) == set(), "committed rows are missing"
-    wrong = {i: (rows[i][7], v) for i, v in values.items() if rows[i][7] != v}
-    assert wrong == {}, "time_spent_seconds differs from the last committed value (found, committed)"
-    untouched = initial - {rowid for _, rowid, _ in ops}
-    changed = [i for i in untouched if rows[i] != template_rows[i]]
-    assert changed == [], "rows the application never touched changed"
+    check_every_write(db, initial, ops, probes, template_rows)
 
     record(
         kind="rebuild-kill",

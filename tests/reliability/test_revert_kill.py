@@ -23,13 +23,13 @@ from test_rebuild_kill import (
     MIGRATION,
     Writer,
     _copy,
-    _expected,
     _foreign_key_violations,
     _insert_one,
     _leftovers,
     _rows,
     _state,
     _worklogs_schema,
+    check_every_write,
 )
 from test_rebuild_kill import rebuild_template as demo_template  # noqa: F401  (the fixture)
 
@@ -114,14 +114,7 @@ def test_revert_kill_point(point, window, tmp_path, demo_template, run_cli, reco
     assert integrity(db) == ["ok"]
 
     ops = writer.ops()
-    ids, values = _expected(initial, ops, probes)
-    rows = _rows(db)
-    assert set(rows) - ids == set(), "rows the application never committed (or deleted) are present"
-    assert ids - set(rows) == set(), "committed rows are missing"
-    wrong = {i: (rows[i][7], v) for i, v in values.items() if rows[i][7] != v}
-    assert wrong == {}, "time_spent_seconds differs from the last committed value (found, committed)"
-    untouched = initial - {rowid for _, rowid, _ in ops}
-    assert [i for i in untouched if rows[i] != template_rows[i]] == [], "untouched rows changed"
+    check_every_write(db, initial, ops, probes, template_rows)
 
     record(
         kind="revert-kill",
