@@ -121,7 +121,7 @@ def _describe(con: sqlite3.Connection, name: str, sql: str) -> Table:
     xinfo = con.execute(f"PRAGMA table_xinfo({q})").fetchall()  # cid, name, type, notnull, dflt, pk, hidden
     columns = tuple(r[1] for r in xinfo)
     stored = tuple(r[1] for r in xinfo if r[6] == 0)
-    without_rowid = "WITHOUT ROWID" in " ".join(_options(sql).upper().split())
+    without_rowid = is_without_rowid(sql)
     pk = sorted((r[5], r[1], r[2]) for r in xinfo if r[5])
     ipk = pk[0][1] if len(pk) == 1 and pk[0][2].upper() == "INTEGER" and not without_rowid else None
     if without_rowid:
@@ -1102,9 +1102,14 @@ def _drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, thrott
     return freed
 
 
+def is_without_rowid(create_sql: str) -> bool:
+    """True when a CREATE TABLE statement ends WITHOUT ROWID (its comments ignored)."""
+    return "WITHOUT ROWID" in " ".join(_options(create_sql).upper().split())
+
+
 def _without_rowid(con: sqlite3.Connection, table: str) -> bool:
     sql = con.execute("SELECT sql FROM sqlite_schema WHERE name = ?", (table,)).fetchone()[0]
-    return "WITHOUT ROWID" in " ".join(_options(sql).upper().split())
+    return is_without_rowid(sql)
 
 
 def _pk(con: sqlite3.Connection, table: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 from liteshift import ledger, tracking
 from liteshift.db import INTERNAL_PREFIXES, connection, write_transaction
+from liteshift.rebuild import is_without_rowid
 from liteshift.sql import quote_ident
 
 BACKUP_SCHEMA = "liteshift_backup"
@@ -158,7 +159,7 @@ def rows_to_put_back(con: sqlite3.Connection, proof: dict[str, Any]) -> dict[str
         found = {}
         for table in proof["tables"]:
             key = ("table", table)
-            if key not in live or live.get(key) != saved.get(key) or _without_rowid(con, table):
+            if key not in live or live.get(key) != saved.get(key) or is_without_rowid(live[key][1]):
                 continue  # redefined, created, dropped, or keyed otherwise: copied back whole
             keys = _differing_rowids(con, table)
             if keys is not None:
@@ -183,13 +184,6 @@ def _differing_rowids(con: sqlite3.Connection, table: str) -> list[int] | None:
     ).fetchall()
     keys = sorted({int(r[0]) for r in changed + added})
     return None if len(keys) > MAX_ROW_KEYS else keys
-
-
-def _without_rowid(con: sqlite3.Connection, table: str) -> bool:
-    sql = con.execute(
-        "SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?", (table,)
-    ).fetchone()
-    return "WITHOUT ROWID" in " ".join(str(sql[0]).upper().split()) if sql else True
 
 
 def restore_changed(
@@ -261,7 +255,7 @@ def _insert_columns(con: sqlite3.Connection, table: str, schema: str) -> list[st
     cols = [quote_ident(r[1]) for r in xinfo if r[6] == 0]
     sql = con.execute(f"SELECT sql FROM {schema}.sqlite_schema WHERE name = ?", (table,)).fetchone()[0]
     has_ipk = sum(1 for r in xinfo if r[5]) == 1 and any(r[5] and r[2].upper() == "INTEGER" for r in xinfo)
-    if "WITHOUT ROWID" not in " ".join(sql.upper().split()) and not has_ipk:
+    if not is_without_rowid(sql) and not has_ipk:
         return ["rowid", *cols]
     return cols
 

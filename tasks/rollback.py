@@ -74,7 +74,7 @@ def rollback_database(
     migrations = {m.version: m for m in load_migrations(migrations_dir)}
     with connection(database, busy_timeout_ms) as con, rebuild.foreign_keys_off(con):
         if not _targets(con, versions):  # a read: no write lock needed to know there is nothing
-            _finish_undo_leftovers(con, database, busy_timeout_ms)
+            rebuild.end_revert_windows(con, str(database), busy_timeout_ms)
             return Rollback("nothing", [], "the migration never committed: nothing to undo")
         # An online rebuild back copies its rows now, outside the write lock; the downs'
         # transaction then only drains what the application changed meanwhile and swaps.
@@ -89,7 +89,7 @@ def rollback_database(
             raise
         if undone is None:
             _abandon_backs(con, database, online, busy_timeout_ms)
-            _finish_undo_leftovers(con, database, busy_timeout_ms)
+            rebuild.end_revert_windows(con, str(database), busy_timeout_ms)
             return Rollback("nothing", [], "the migration never committed: nothing to undo")
         result, todo, plans = undone
         if result.action == "restore":
@@ -199,12 +199,6 @@ def _check_fits(con: sqlite3.Connection, m: Migration, back: Rebuild) -> None:
             "those rows were written after the migration: change them so that the old definition "
             "holds them, or keep the migration; nothing was changed",
         )
-
-
-def _finish_undo_leftovers(con: sqlite3.Connection, database: Path, busy_timeout_ms: int) -> None:
-    """After a rollback killed part way: the shadow of a rebuild back that no rollback will swap
-    any more (its migration is no longer applied), and the old table a swap left, are removed."""
-    rebuild.end_revert_windows(con, str(database), busy_timeout_ms)
 
 
 def _abandon_backs(con: sqlite3.Connection, database: Path, online: Online, busy_timeout_ms: int) -> None:
@@ -385,11 +379,14 @@ def _restore(
     with connection(database, busy_timeout_ms, uri=True) as con, rebuild.foreign_keys_off(con):
         attach_immutable(con, backup, restore.BACKUP_SCHEMA)
         start = time.perf_counter()
-        by_rows = restore.rows_to_put_back(con, proof)  # the scan, before the lock
+        # The scans, before the lock: the proof, checked again under it, keeps what they found true.
+        by_rows = restore.rows_to_put_back(con, proof)
+        whole = {t for t in proof["tables"] if t not in by_rows}
+        children = restore.children_at_risk(con, proof["tables"], whole)
         scan_seconds = time.perf_counter() - start
         begin_immediate(con, database, busy_timeout_ms)
         locked = time.perf_counter()
-        copied, proof_seconds = _restore_locked(con, database, rows, proof, backup, by_rows)
+        copied, proof_seconds = _restore_locked(con, database, rows, proof, backup, by_rows, children)
         con.execute("COMMIT")
         lock_seconds = time.perf_counter() - locked
         con.execute(f"DETACH DATABASE {restore.BACKUP_SCHEMA}")
@@ -412,6 +409,7 @@ def _restore_locked(
     proof: dict[str, Any],
     backup: str,
     by_rows: dict[str, list[int]],
+    children: list[restore.ChildCheck],
 ) -> tuple[list[str], float]:
     """Inside the write transaction: check the proof, then restore; refuse (and ROLLBACK) on any
     doubt. Returns the tables copied back and the seconds the proof's check took."""
@@ -430,8 +428,6 @@ def _restore_locked(
             hint,
         )
     faults.point("rollback-before-restore")
-    whole = {t for t in proof["tables"] if t not in by_rows}
-    children = restore.children_at_risk(con, proof["tables"], whole)
     copied = restore.restore_changed(con, proof, by_rows)
     faults.point("rollback-restoring")
     broken = restore.foreign_key_problems(con, [t for t in copied if t not in by_rows], by_rows, children)
