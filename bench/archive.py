@@ -135,7 +135,7 @@ def latency_stats(samples: list[list[Any]], lo: float, hi: float) -> dict[str, f
 
 def one_run(tpl: Path, work: Path, name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One archive run beside the writer; its figures."""
-    from liteshift.archive import archive_rows
+    from liteshift.archive.move import archive_rows
 
     db, arc, log = work / "live.db", work / "archive.db", work / "writer.json"
     fresh_copy(tpl, db)

@@ -74,7 +74,7 @@ def copy_template(template: Path, target: Path) -> float:
 
 def prepare(rows: int, out: Path) -> dict[str, Any]:
     """The database of `rows` worklogs under out, with migration 001 applied and tracked."""
-    from liteshift.config import RunConfig
+    from liteshift.core.config import RunConfig
     from liteshift.demo import build_demo_db
     from liteshift.tasks.migrate import apply_migrations
 
@@ -112,8 +112,9 @@ def child(db: Path, migrations: Path, out: Path, mode: str, budget: float) -> No
     """One measurement in this (fresh) process; prints one JSON line."""
     import tracemalloc
 
-    from liteshift.health import Thresholds, measure
-    from liteshift.history import History
+    from liteshift.health.history import History
+    from liteshift.health.measure import measure
+    from liteshift.health.thresholds import Thresholds
 
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if mode == "tracemalloc":

@@ -209,9 +209,9 @@ def worklogs_indexes(con: sqlite3.Connection) -> list[str]:
 
 def build_template(out: Path, rows: int) -> tuple[Path, dict[str, Any]]:
     """The demo database with migration 001's four indexes; built once per size, then reused."""
-    from liteshift.db import connection
+    from liteshift.core.db import connection
+    from liteshift.core.migrations import parse_migration
     from liteshift.demo import build_demo_db
-    from liteshift.migrations import parse_migration
 
     path = out / f"template-{rows}.db"
     meta_path = out / f"template-{rows}.json"
@@ -262,7 +262,7 @@ def fresh_copy(template: Path, target: Path) -> float:
 
 
 def write_migration(mdir: Path) -> Path:
-    from liteshift.migrations import parse_migration
+    from liteshift.core.migrations import parse_migration
 
     m002 = parse_migration(ROOT / "migrations" / "002_multi_tenant_constraints.sql")
     spec = next(r for r in m002.rebuilds if r.table == "worklogs")
@@ -312,14 +312,14 @@ class DropOldTimer:
 
     RebuildStats.longest_txn_seconds covers the copy and reconcile; the emptying of the old
     table runs later, in apply_migrations. Instrumented without editing liteshift, by wrapping
-    names in liteshift.rebuild for the duration of a run: drop_old_tables (its total), and
+    names in liteshift.rebuild.online for the duration of a run: drop_old_tables (its total), and
     write_transaction (each batch, COMMIT included) or, in the older code that had no
     write_transaction, begin_immediate and faults.point (each batch up to its COMMIT).
     """
 
     def __init__(self) -> None:
-        import liteshift.faults as faults
-        import liteshift.rebuild as rebuild
+        import liteshift.core.faults as faults
+        import liteshift.rebuild.online as rebuild
 
         self.rebuild, self.faults = rebuild, faults
         self.saved: list[tuple[Any, str, Any]] = []
@@ -527,8 +527,8 @@ def fk_check_only(out: Path, sizes: list[int]) -> None:
     """PRAGMA foreign_key_check(worklogs) alone per size, without the writer: on the template (old
     definition, two single-column keys) and after a blocking rebuild of a fresh copy (the new
     definition: the two keys and the composite one). Into OUT/fk-check.json."""
-    from liteshift.config import RunConfig
-    from tasks.migrate import apply_migrations
+    from liteshift.core.config import RunConfig
+    from liteshift.tasks.migrate import apply_migrations
 
     work, mdir = out / "work", out / "migrations"
     work.mkdir(exist_ok=True)
@@ -564,8 +564,8 @@ def one_run(
     seed: int,
     tag: str,
 ) -> dict[str, Any]:
-    from liteshift.config import RunConfig
-    from tasks.migrate import apply_migrations
+    from liteshift.core.config import RunConfig
+    from liteshift.tasks.migrate import apply_migrations
 
     db = work / "run.db"
     copy_s = fresh_copy(template, db)

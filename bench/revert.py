@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import rebuild as rb  # noqa: E402  (bench/rebuild.py: template, writer, migration)
 
-from liteshift.config import RunConfig  # noqa: E402
+from liteshift.core.config import RunConfig  # noqa: E402
 from liteshift.tasks.migrate import apply_migrations  # noqa: E402
 from liteshift.tasks.rollback import rollback_database  # noqa: E402
 

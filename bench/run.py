@@ -77,7 +77,7 @@ def fresh_copy(template: Path, dest: Path) -> float:
 
 def migration_sql() -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """The pending migration's CREATE INDEX statements, its other statements, and the queries."""
-    from liteshift.migrations import load_migrations
+    from liteshift.core.migrations import load_migrations
 
     creates, others, queries = [], [], []
     for m in load_migrations(ROOT / "migrations"):

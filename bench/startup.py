@@ -63,9 +63,9 @@ def base_env(home: Path) -> dict[str, str]:
 
 def prepare_db() -> Path:
     """A 100,000-row demo database with every migration applied: a run has nothing to do."""
+    from liteshift.core.migrations import load_migrations
+    from liteshift.core.tracking import TRACKING_DDL
     from liteshift.demo import build_demo_db
-    from liteshift.migrations import load_migrations
-    from liteshift.tracking import TRACKING_DDL
 
     db = OUT / "small.db"
     if db.exists():

@@ -42,10 +42,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from liteshift import ledger, rebuild  # noqa: E402  (rebuild's capture triggers: the revert feed)
-from liteshift.config import RunConfig  # noqa: E402
-from liteshift.db import backup_pages, connection, write_transaction  # noqa: E402
+from liteshift.core import tables  # noqa: E402
+from liteshift.core.config import RunConfig  # noqa: E402
+from liteshift.core.db import backup_pages, connection, write_transaction  # noqa: E402
 from liteshift.demo import build_demo_db  # noqa: E402
+from liteshift.migrate import ledger  # noqa: E402  (rebuild's capture triggers: the revert feed)
+from liteshift.rebuild import online, schema  # noqa: E402
 from liteshift.tasks.backup import backup_database  # noqa: E402
 from liteshift.tasks.migrate import apply_migrations  # noqa: E402
 from liteshift.tasks.rollback import rollback_database  # noqa: E402
@@ -83,15 +85,15 @@ def set_ledger(db: Path, on: bool) -> None:
 
 
 def set_feed(db: Path, on: bool) -> None:
-    """The capture triggers a revert window keeps on the new table (as rebuild._retain_old puts
+    """The capture triggers a revert window keeps on the new table (as online._retain_old puts
     them), or none."""
     with connection(db) as con, write_transaction(con, db, 5000):
-        n = rebuild.names("worklogs")
-        for name in rebuild._capture_triggers(con, n):
+        n = schema.names("worklogs")
+        for name in schema.capture_triggers(con, n):
             con.execute(f"DROP TRIGGER {name}")
         con.execute(f"DROP TABLE IF EXISTS {n['changes']}")
         if on:
-            for ddl in rebuild._changes_ddl(n, rebuild.read_table(con, "worklogs")):
+            for ddl in online._changes_ddl(n, tables.read_table(con, "worklogs")):
                 con.execute(ddl)
 
 

@@ -378,7 +378,7 @@ def install_alerts(stack: Stack, url: str | None = None, silent_within_s: int | 
     if not url:
         return "health alerts not installed: set LITESHIFT_ALERT_WEBHOOK=URL and run 'make automations'"
     code = (
-        "import sys; from pathlib import Path; from liteshift.alerts import install_alerting\n"
+        "import sys; from pathlib import Path; from liteshift.flows.alerts import install_alerting\n"
         "within = int(sys.argv[3]) if sys.argv[3] else None\n"
         "print(' '.join(str(i) for i in install_alerting(sys.argv[1], Path(sys.argv[2]), within)))\n"
     )
@@ -406,8 +406,8 @@ def _automation_ids(stack: Stack, name: str) -> list[str]:
 
 def read_hosts(manifest: Path) -> dict[str, str]:
     """Host name -> work queue, read by the same manifest model `liteshift fleet` uses."""
-    from liteshift.errors import BadInput
-    from liteshift.fleet import load_manifest
+    from liteshift.core.errors import BadInput
+    from liteshift.fleet.manifest import load_manifest
 
     try:
         return {host.name: host.queue for host in load_manifest(manifest).hosts}

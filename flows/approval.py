@@ -9,7 +9,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from liteshift.errors import BadInput
+from liteshift.core.errors import BadInput
 
 
 class ApprovalDenied(BadInput):

@@ -2,7 +2,7 @@
 
 The cutoff is a value (`before`) or relative to the run's date (`older_than`, e.g. "18 months"), so
 a scheduled deployment keeps moving the rows as they age. Inside a maintenance window the run
-stops between batches when the window closes and the next run resumes (liteshift.archive).
+stops between batches when the window closes and the next run resumes (liteshift.archive.move).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from liteshift import archive, guard, lock
-from liteshift.errors import BadInput
+from liteshift.archive import move as archive
+from liteshift.core import guard, lock
+from liteshift.core.errors import BadInput
+from liteshift.core.names import db_key
+from liteshift.core.window import closing
 from liteshift.flows.concurrency import one_run_per_database
 from liteshift.flows.runtime import is_deployment_run
 from liteshift.flows.ui import progress, tag_run
-from liteshift.report import db_key
-from liteshift.window import closing
 
 OLDER_THAN_RE = re.compile(r"^\s*(?P<n>\d+)\s*(?P<unit>day|week|month|year)s?\s*$", re.I)
 

@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from liteshift import lock
-from liteshift.db import connection
-from liteshift.errors import BadInput
-from liteshift.report import slug
+from liteshift.core import lock
+from liteshift.core.db import connection
+from liteshift.core.errors import BadInput
+from liteshift.core.names import slug
 
 PREFIX = "liteshift-db-"
 LEASE_S = 60.0

@@ -31,9 +31,20 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Cancelled
 
-from liteshift import fleet, guard
-from liteshift.config import default_migrations_dir, default_report_dir
-from liteshift.errors import BadInput, MigrationError
+from liteshift.core import guard
+from liteshift.core.config import default_migrations_dir, default_report_dir
+from liteshift.core.errors import BadInput, MigrationError
+from liteshift.fleet.manifest import Host, Manifest, Target, glob_paths, inventory, load_manifest
+from liteshift.fleet.outcomes import (
+    NEED_A_PERSON,
+    RETRIED,
+    Outcome,
+    classify,
+    resume_hint,
+    should_halt,
+    unfinished,
+)
+from liteshift.fleet.rollout import Plan, make_plan, read_plan, write_plan
 from liteshift.flows.approval import ask_approval
 
 CHILD_DEPLOYMENT = "migrate-database/fleet"
@@ -58,10 +69,10 @@ class FleetHalted(MigrationError):
 class Child:
     """The newest run of one database in this fleet, and how many it had."""
 
-    target: fleet.Target
+    target: Target
     wave: str
     run: FlowRun | None = None
-    outcome: fleet.Outcome = "pending"
+    outcome: Outcome = "pending"
     attempts: int = 0
     started: float = 0.0
     seconds: float | None = None
@@ -117,9 +128,9 @@ def migrate_fleet(
             board,
             deployment,
             parameters or {},
-            fleet.RETRIED + (fleet.NEED_A_PERSON if retry_failed else ()),
+            RETRIED + (NEED_A_PERSON if retry_failed else ()),
         )
-        reason = fleet.should_halt(plan, wave, {k: c.outcome for k, c in children.items()})
+        reason = should_halt(plan, wave, {k: c.outcome for k, c in children.items()})
         if reason:
             cancel_not_started(children)
             board.publish(final=True)
@@ -127,7 +138,7 @@ def migrate_fleet(
                 f"Fleet {fleet_id} halted in the {wave}",
                 reason,
                 f"fix what failed (see the table artifact), then resume with: "
-                f"{fleet.resume_hint(fleet_id, manifest)}",
+                f"{resume_hint(fleet_id, manifest)}",
             )
         log.info("%s done: %s", wave, board.counts())
         if wave == "canary" and approve_after_canary and plan.waves:
@@ -149,16 +160,16 @@ def load_or_make_plan(
     max_failure_rate: float | None,
     plan_dir: str | None,
     timeout_s: float = 300.0,
-) -> fleet.Plan:
+) -> Plan:
     """The fleet's plan file when it exists (a resume keeps its plan), else a new one, written."""
     directory = Path(plan_dir) if plan_dir else default_report_dir()
-    existing = fleet.read_plan(directory, fleet_id)
+    existing = read_plan(directory, fleet_id)
     if existing is not None:
         return existing
-    spec = fleet.load_manifest(manifest)
-    plan = fleet.make_plan(
+    spec = load_manifest(manifest)
+    plan = make_plan(
         fleet_id,
-        fleet.inventory(spec, lambda host: inventory_on_host(host, spec, fleet_id, timeout_s)),
+        inventory(spec, lambda host: inventory_on_host(host, spec, fleet_id, timeout_s)),
         canary=canary,
         waves=[w.strip() for w in waves.split(",")],
         max_failures=max_failures,
@@ -166,15 +177,15 @@ def load_or_make_plan(
         migrations_dir=str(migrations_dir or spec.migrations_dir or default_migrations_dir()),
         manifest=str(manifest),
     )
-    fleet.write_plan(plan, directory)
+    write_plan(plan, directory)
     return plan
 
 
-def inventory_on_host(host: fleet.Host, spec: fleet.Manifest, fleet_id: str, timeout_s: float) -> list[str]:
+def inventory_on_host(host: Host, spec: Manifest, fleet_id: str, timeout_s: float) -> list[str]:
     """A host's database paths: globbed here, or (inventory = true) by a run on its own queue,
     which reads its own disk and hands the list back as a table artifact."""
     if not host.inventory:
-        return fleet.glob_paths(host.paths, spec.path.parent)
+        return glob_paths(host.paths, spec.path.parent)
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.deployments import run_deployment
 
@@ -208,7 +219,7 @@ def inventory_on_host(host: fleet.Host, spec: fleet.Manifest, fleet_id: str, tim
 def inventory_host(host: str, patterns: list[str], fleet_id: str) -> list[str]:
     """On the host itself: glob its disk for the fleet's databases (absolute patterns)."""
     guard.check_host(host)
-    paths = fleet.glob_paths(patterns, Path("/"))
+    paths = glob_paths(patterns, Path("/"))
     create_table_artifact(
         key=f"liteshift-inventory-{fleet_id}-{host}",
         table=[{"path": p} for p in paths],
@@ -254,7 +265,7 @@ def _idle_queues(queues: list[str], pool: str) -> list[str]:
     return idle
 
 
-def adopt(plan: fleet.Plan) -> dict[str, Child]:
+def adopt(plan: Plan) -> dict[str, Child]:
     """Every target with the newest existing child run of this fleet (found by tag), if any."""
     children = {t.key: Child(t, plan.wave_of(t.key)) for t in plan.targets}
     by_tag = {_tag(k): c for k, c in children.items()}
@@ -291,7 +302,7 @@ def _active(child: Child) -> bool:
     return child.run is not None and child.outcome in ("pending", "running")
 
 
-def start_child(plan: fleet.Plan, child: Child, deployment: str, parameters: dict[str, Any]) -> None:
+def start_child(plan: Plan, child: Child, deployment: str, parameters: dict[str, Any]) -> None:
     """One migrate-database run on the host's queue; the key makes a second one impossible."""
     from prefect.deployments import run_deployment
 
@@ -321,7 +332,7 @@ def _refresh(child: Child, run: FlowRun) -> None:
     child.run = run
     if state is None:
         return
-    child.outcome = fleet.classify(state.type.value, state.name or "", state.message)
+    child.outcome = classify(state.type.value, state.name or "", state.message)
     if child.outcome not in ("pending", "running"):
         child.error = "" if child.outcome == "completed" else (state.message or state.name or "")
         if run.start_time and run.end_time:
@@ -338,14 +349,14 @@ class Limits:
 
 
 def run_wave(
-    plan: fleet.Plan,
+    plan: Plan,
     children: dict[str, Child],
     keys: list[str],
     limits: Limits,
     board: Board,
     deployment: str,
     parameters: dict[str, Any],
-    again: tuple[fleet.Outcome, ...] = fleet.RETRIED,
+    again: tuple[Outcome, ...] = RETRIED,
 ) -> None:
     """Start the wave's runs, at most limits.running_per_host per host at a time (a process worker
     spawns every run it is given at once: 64 at once starved a 2-core host and its server, see
@@ -436,7 +447,7 @@ def cancel_not_started(children: dict[str, Child]) -> None:
             _cancel(child)
 
 
-def describe(plan: fleet.Plan, children: dict[str, Child] | None, as_json: bool) -> str:
+def describe(plan: Plan, children: dict[str, Child] | None, as_json: bool) -> str:
     """The plan (and, for status, each database's newest run) as text or one JSON object."""
     rows = []
     for t in plan.targets:
@@ -472,10 +483,10 @@ def describe(plan: fleet.Plan, children: dict[str, Child] | None, as_json: bool)
 class Board:
     """The progress and table artifacts of the fleet, rewritten as runs finish."""
 
-    plan: fleet.Plan
+    plan: Plan
     children: dict[str, Child]
     progress_id: UUID | None = None
-    shown: dict[str, fleet.Outcome] = field(default_factory=dict)
+    shown: dict[str, Outcome] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(c.outcome for c in self.children.values()))
@@ -502,7 +513,7 @@ class Board:
         if final:
             lines = [f"# Fleet {self.plan.fleet_id}", "", f"Plan digest `{self.plan.digest()}`", ""]
             lines += [f"- {outcome}: {n}" for outcome, n in sorted(self.counts().items())]
-            left = fleet.unfinished(self.plan.fleet_id, self.plan.manifest, self.counts())
+            left = unfinished(self.plan.fleet_id, self.plan.manifest, self.counts())
             lines += ["", f"**Not finished.** {left}"] if left else []
             create_markdown_artifact(
                 key=f"liteshift-fleet-summary-{self.plan.fleet_id}",

@@ -1,8 +1,8 @@
 """The `database-health` flow: measure read-only, keep the history, alert on changes of state,
 and schedule the repairs into the next maintenance window.
 
-Measuring never writes to the monitored database (liteshift.health); the history lives in a
-SQLite file beside the reports (liteshift.history). An event goes out only when a metric of an
+Measuring never writes to the monitored database (liteshift.health.measure); the history lives in a
+SQLite file beside the reports (liteshift.health.history). An event goes out only when a metric of an
 object changes state (breached, escalated, recovered); the shipped automation
 (deployments/automations/health-critical.yaml) turns a critical one into a notification.
 """
@@ -20,16 +20,20 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from liteshift import guard, health
-from liteshift.config import default_migrations_dir, default_report_dir
-from liteshift.db import connection
+from liteshift.core import guard
+from liteshift.core.config import default_migrations_dir, default_report_dir
+from liteshift.core.db import connection
+from liteshift.core.names import db_key, slug
+from liteshift.core.tracking import read_tracking
+from liteshift.core.window import parse_window
 from liteshift.flows.runtime import is_deployment_run
 from liteshift.flows.ui import tag_run
-from liteshift.history import History, history_path
-from liteshift.plot import Series, line_chart_png
-from liteshift.report import db_key, slug
-from liteshift.tracking import read_tracking
-from liteshift.window import parse_window
+from liteshift.health.history import History, history_path
+from liteshift.health.measure import measure
+from liteshift.health.model import HealthReport
+from liteshift.health.plot import Series, line_chart_png
+from liteshift.health.render import render_markdown, table_rows
+from liteshift.health.thresholds import Thresholds
 
 WATCH_DAYS = 7  # the report's "days 1-7 after the migration": hourly runs, daily after that
 QUICK_CHECK_EVERY = timedelta(days=7)
@@ -42,11 +46,11 @@ def _run_name() -> str:
 
 @task(name="measure-health", cache_policy=NO_CACHE)
 def measure_task(
-    database: Path, migrations_dir: Path, report_dir: Path, thresholds: health.Thresholds, quick: bool
-) -> health.HealthReport:
+    database: Path, migrations_dir: Path, report_dir: Path, thresholds: Thresholds, quick: bool
+) -> HealthReport:
     """Measure every metric once (read-only) and keep the samples in the history."""
     history = History(history_path(report_dir))
-    report = health.measure(
+    report = measure(
         database,
         migrations_dir=migrations_dir,
         report_dir=report_dir,
@@ -59,7 +63,7 @@ def measure_task(
 
 
 @task(name="emit-changes", cache_policy=NO_CACHE)
-def emit_changes(report: health.HealthReport, report_dir: Path) -> list[str]:
+def emit_changes(report: HealthReport, report_dir: Path) -> list[str]:
     """One Prefect event per metric and object whose state changed since the last run."""
     sent = []
     for finding, change in History(history_path(report_dir)).transitions(report.key, report.findings):
@@ -88,7 +92,7 @@ def emit_changes(report: health.HealthReport, report_dir: Path) -> list[str]:
 
 @task(name="schedule-repairs", cache_policy=NO_CACHE)
 def schedule_repairs(
-    report: health.HealthReport,
+    report: HealthReport,
     maintenance_window: str,
     maintenance_deployment: str,
     approve_vacuum: bool,
@@ -153,7 +157,7 @@ def check_database_health(
     approve_vacuum: bool = False,
     archive_deployment: str | None = None,
     archive_parameters: dict[str, Any] | None = None,
-) -> health.HealthReport | None:
+) -> HealthReport | None:
     """Measure, record, alert on changes, publish, and schedule repairs into the window.
 
     watch="hourly" measures only in the days 1-7 after the newest migration (the hourly
@@ -162,7 +166,7 @@ def check_database_health(
     db = Path(database)
     reports = Path(report_dir) if report_dir else default_report_dir()
     migrations = Path(migrations_dir) if migrations_dir else default_migrations_dir()
-    limits = health.Thresholds.from_parameters(thresholds or {})
+    limits = Thresholds.from_parameters(thresholds or {})
     if is_deployment_run():  # the history and plots are written under report_dir
         roots = guard.allowed_roots()
         guard.require_under(db, "database", roots)
@@ -201,17 +205,17 @@ def _quick_check_due(history: History, key: str) -> bool:
     return not history.series(key, "quick_check", key, since)
 
 
-def publish(report: health.HealthReport, report_dir: Path, history: History) -> None:
+def publish(report: HealthReport, report_dir: Path, history: History) -> None:
     """A markdown and a table artifact per database, with trend plots of the last 7 and 30 days."""
     pngs = [trend_png(report, report_dir, history, days) for days in (7, 30)]
     create_markdown_artifact(
         key=f"liteshift-health-{report.key}",
-        markdown=health.render_markdown(report, [str(p) for p in pngs]),
+        markdown=render_markdown(report, [str(p) for p in pngs]),
         description=f"Health of {Path(report.database).name}",
     )
     create_table_artifact(
         key=f"liteshift-health-table-{report.key}",
-        table=with_trends(health.table_rows(report), report.key, history),
+        table=with_trends(table_rows(report), report.key, history),
         description=f"Health findings of {Path(report.database).name}",
     )
 
@@ -229,7 +233,7 @@ def with_trends(rows: list[dict[str, Any]], key: str, history: History) -> list[
     return rows
 
 
-def trend_png(report: health.HealthReport, report_dir: Path, history: History, days: int) -> Path:
+def trend_png(report: HealthReport, report_dir: Path, history: History, days: int) -> Path:
     """The database's size over the last `days` days, with the size threshold drawn."""
     now = datetime.now(UTC)
     since = now - timedelta(days=days)

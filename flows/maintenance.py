@@ -1,7 +1,7 @@
 """The `database-maintenance` flow: one repair, through the same safe path as a migration.
 
 Checked, inside its window with a predicted duration that fits, one run per database, under the
-database's liteshift lock, backed up, then acted and verified (liteshift.maintenance), recorded in
+database's liteshift lock, backed up, then acted and verified (liteshift.health.maintenance), recorded in
 the health history, and measured again.
 """
 
@@ -15,18 +15,20 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from liteshift import guard, health, lock, maintenance
-from liteshift.config import RunConfig, default_migrations_dir, default_report_dir
-from liteshift.db import connection
+from liteshift.core import guard, lock
+from liteshift.core.config import RunConfig, default_migrations_dir, default_report_dir
+from liteshift.core.db import connection
+from liteshift.core.migrations import Query, load_migrations
+from liteshift.core.names import db_key
+from liteshift.core.tracking import applied_queries, read_tracking
 from liteshift.flows.concurrency import one_run_per_database
 from liteshift.flows.health import measure_task
 from liteshift.flows.runtime import is_deployment_run
 from liteshift.flows.steps import backup
 from liteshift.flows.ui import tag_run
-from liteshift.history import History, history_path
-from liteshift.migrations import Query, load_migrations
-from liteshift.report import db_key
-from liteshift.tracking import applied_queries, read_tracking
+from liteshift.health import maintenance
+from liteshift.health.history import History, history_path
+from liteshift.health.thresholds import Thresholds
 
 
 def _run_name() -> str:
@@ -89,7 +91,7 @@ def maintain_database(
     result.prediction = fits
     history.record_run(action, db_key(db), result.seconds, result.status == "completed")
     # Measured again, so the history (and the next health run's events) see the repair at once.
-    measure_task(db, migrations, reports, health.Thresholds.from_parameters(thresholds or {}), False)
+    measure_task(db, migrations, reports, Thresholds.from_parameters(thresholds or {}), False)
     get_run_logger().info("Maintenance of %s: %s", db, result.message)
     create_markdown_artifact(
         key=f"liteshift-maintenance-{db_key(db)}",

@@ -15,10 +15,11 @@ from prefect import Task, flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from liteshift import faults, guard, lock
-from liteshift.config import RunConfig
-from liteshift.db import free_page_bytes, measure_sizes
-from liteshift.errors import BadInput
+from liteshift.core import faults, guard, lock
+from liteshift.core.config import RunConfig
+from liteshift.core.db import free_page_bytes, measure_sizes
+from liteshift.core.errors import BadInput
+from liteshift.core.window import check_fits, enforce_window
 from liteshift.flows.approval import ask_approval
 from liteshift.flows.concurrency import one_run_per_database
 from liteshift.flows.rollback import rollback_migration
@@ -34,14 +35,14 @@ from liteshift.flows.steps import (
     verify,
 )
 from liteshift.flows.ui import progress, publish_report, tag_run
-from liteshift.rebuild import finish_leftovers, merge_copy_stats
-from liteshift.report import RunReport, render_markdown
-from liteshift.restore import trim_ledger
+from liteshift.migrate.restore import trim_ledger
+from liteshift.rebuild.online import finish_leftovers
+from liteshift.rebuild.schema import merge_copy_stats
 from liteshift.tasks.backup import Backup
 from liteshift.tasks.dry_run import render_plan
+from liteshift.tasks.report import RunReport, render_markdown
 from liteshift.tasks.rollback import Rollback
 from liteshift.tasks.validate import Validation
-from liteshift.window import check_fits, enforce_window
 
 T = TypeVar("T")
 P = ParamSpec("P")

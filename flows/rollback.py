@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from liteshift import guard
-from liteshift.config import default_migrations_dir
+from liteshift.core import guard
+from liteshift.core.config import default_migrations_dir
 from liteshift.flows.runtime import is_deployment_run
 from liteshift.flows.steps import rollback
 from liteshift.flows.ui import publish_rollback

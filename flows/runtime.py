@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from liteshift.errors import MigrationError
+from liteshift.core.errors import MigrationError
 
 DEFAULTS = {
     # The API server tries to send telemetry to a network a maintenance host may not reach.

@@ -14,7 +14,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from liteshift.db import is_locked_error
+from liteshift.core.db import is_locked_error
 from liteshift.tasks.backup import backup_database
 from liteshift.tasks.dry_run import dry_run_or_refuse
 from liteshift.tasks.integrity import check_integrity

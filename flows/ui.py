@@ -21,7 +21,8 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
-from liteshift.report import RunReport, db_key
+from liteshift.core.names import db_key
+from liteshift.tasks.report import RunReport
 from liteshift.tasks.rollback import Rollback
 
 _poster: ThreadPoolExecutor | None = None

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from liteshift.config import DEMO_MIGRATIONS_DIR, RunConfig, cli_flag
-from liteshift.errors import (
+from liteshift.core.config import DEMO_MIGRATIONS_DIR, RunConfig, cli_flag
+from liteshift.core.errors import (
     EXIT_BAD_INPUT,
     EXIT_CRITICAL,
     EXIT_FAILED,
@@ -29,8 +29,8 @@ from liteshift.errors import (
 )
 
 if typing.TYPE_CHECKING:
-    from liteshift.report import RunReport
-    from liteshift.status import Status
+    from liteshift.migrate.status import Status
+    from liteshift.tasks.report import RunReport
 
 T = TypeVar("T")
 DEMO_DB = Path("data/worklog_storage.db")
@@ -211,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _migrate(cfg: RunConfig, as_json: bool) -> int:
     """Say so at once when nothing is pending (drift refused); otherwise run the flow."""
-    from liteshift.status import read_status
+    from liteshift.migrate.status import read_status
 
     status = read_status(cfg.database, cfg.migrations_dir, cfg.busy_timeout_ms)
     if status.pending:
@@ -223,10 +223,11 @@ def _migrate(cfg: RunConfig, as_json: bool) -> int:
 
 
 def _print_nothing_to_do(status: Status, cfg: RunConfig, as_json: bool) -> None:
-    from liteshift import lock, rebuild
+    from liteshift.core import lock
+    from liteshift.rebuild import online
 
     warnings = lock.clear_dead_run(cfg.database, cfg.busy_timeout_ms)
-    warnings += rebuild.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms)
+    warnings += online.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms)
     if as_json:
         print(json.dumps({**status.summary(), "status": "nothing-to-do", "warnings": warnings}))
         return
@@ -323,7 +324,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Applied, pending and drifted migrations, read without Prefect."""
-    from liteshift.status import read_status
+    from liteshift.migrate.status import read_status
 
     cfg = _config(args)
     status = read_status(cfg.database, cfg.migrations_dir, cfg.busy_timeout_ms)
@@ -343,7 +344,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Undo the last applied batch through the rollback-migration flow; every failure exits 1 or 2."""
-    from liteshift.db import CORRUPT_HINT, check_is_sqlite_file, is_locked_error
+    from liteshift.core.db import CORRUPT_HINT, check_is_sqlite_file, is_locked_error
 
     cfg = _config(args)
     check_is_sqlite_file(cfg.database)
@@ -392,13 +393,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """Measure read-only and record the history; no Prefect, no events (the flow sends those)."""
-    from liteshift import health
-    from liteshift.history import History, history_path
+    from liteshift.health import measure, render, thresholds
+    from liteshift.health.history import History, history_path
 
     cfg = _config(args)
-    limits = health.Thresholds.from_parameters(dict(_pair(t) for t in args.threshold))
+    limits = thresholds.Thresholds.from_parameters(dict(_pair(t) for t in args.threshold))
     history = History(history_path(cfg.report_dir))
-    report = health.measure(
+    report = measure.measure(
         cfg.database,
         migrations_dir=cfg.migrations_dir,
         report_dir=cfg.report_dir,
@@ -410,7 +411,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
-        print(health.render_markdown(report), end="")
+        print(render.render_markdown(report), end="")
     severities = {f.severity for f in report.breaches()}
     return EXIT_CRITICAL if "critical" in severities else EXIT_WARNING if severities else EXIT_OK
 
@@ -490,7 +491,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         counts = _in_flow("fleet", "migrate_fleet", params)
         done = ", ".join(f"{v} {k}" for k, v in counts.items())
         print(json.dumps(counts) if args.json else f"Fleet {args.fleet_id} done: {done}")
-        from liteshift.fleet import unfinished
+        from liteshift.fleet.outcomes import unfinished
 
         left = unfinished(args.fleet_id, str(args.manifest), counts)
         if left is not None:
@@ -521,7 +522,7 @@ def _child_parameters(pairs: list[str]) -> dict[str, Any]:
 
 def _in_flow(module: str, name: str, params: dict[str, Any]) -> Any:
     """Run one of liteshift's flows on the configured API (or an embedded one)."""
-    from liteshift.db import check_is_sqlite_file
+    from liteshift.core.db import check_is_sqlite_file
 
     if "database" in params:  # one message, before Prefect starts, for a wrong path
         check_is_sqlite_file(Path(params["database"]))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from liteshift.db import connection
+from liteshift.core.db import connection
 
 # (table, columns, not-null columns, foreign keys): the shape of the phase-1 worklog database.
 TABLES: list[tuple[str, dict[str, type], set[str], list[tuple[str, str, str]]]] = [

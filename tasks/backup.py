@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from liteshift import faults, ledger
-from liteshift.config import RunConfig
-from liteshift.db import (
+from liteshift.core import faults
+from liteshift.core.config import RunConfig
+from liteshift.core.db import (
     connection,
     copy_to_new_file,
     fingerprint,
@@ -24,8 +24,9 @@ from liteshift.db import (
     pragma_check,
     write_transaction,
 )
-from liteshift.errors import BadInput, CheckFailed, MigrationError
-from liteshift.restore import trim_ledger
+from liteshift.core.errors import BadInput, CheckFailed, MigrationError
+from liteshift.migrate import ledger
+from liteshift.migrate.restore import trim_ledger
 
 PARTIAL_SUFFIX = ".partial"
 Progress = Callable[[float], None]
@@ -64,7 +65,7 @@ def backup_database(
 ) -> Backup:
     """Copy the live database with the backup API, verify the copy, and only then name it.
 
-    watch_writes: first put the write ledger (liteshift.ledger) on these tables (True: every
+    watch_writes: first put the write ledger (liteshift.migrate.ledger) on these tables (True: every
     table), so that the backup holds their counters and a later restore can prove what was written
     since. The migrate flow asks for the tables a pending migration that only the backup can undo
     may write; a repair's backup (maintenance) never needs it.

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from liteshift.config import RunConfig
-from liteshift.db import connection, copy_to_new_file, measure_sizes
-from liteshift.errors import BadInput, MigrationError
-from liteshift.migrations import Query, load_migrations
+from liteshift.core.config import RunConfig
+from liteshift.core.db import connection, copy_to_new_file, measure_sizes
+from liteshift.core.errors import BadInput, MigrationError
+from liteshift.core.migrations import Query, load_migrations
+from liteshift.core.plans import explain
 from liteshift.tasks.migrate import apply_migrations
-from liteshift.tasks.query_plan import explain
 from liteshift.tasks.validate import validate_database
 
 

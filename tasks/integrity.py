@@ -7,17 +7,11 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from liteshift import faults
-from liteshift.config import RunConfig
-from liteshift.db import (
-    connection,
-    foreign_key_problems,
-    pragma_check,
-    row_counts,
-    user_tables,
-)
-from liteshift.errors import CheckFailed
-from liteshift.sql import quote_ident
+from liteshift.core import faults
+from liteshift.core.config import RunConfig
+from liteshift.core.db import connection, foreign_key_problems, pragma_check, row_counts, user_tables
+from liteshift.core.errors import CheckFailed
+from liteshift.core.sql import quote_ident
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A table rebuild chosen to run online is copied first, in short transactions of its own
 (`copy_rebuilds`, shown as its own step); the one transaction then only drains what the
-application changed meanwhile and swaps the tables (liteshift.rebuild).
+application changed meanwhile and swaps the tables (liteshift.rebuild.online).
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from liteshift import faults, inverse, ledger, rebuild, restore, tracking
-from liteshift.config import RunConfig
-from liteshift.db import begin_immediate, connection, is_locked_error, table_exists
-from liteshift.errors import CheckFailed, MigrationError
-from liteshift.migrations import Migration, Rebuild, load_migrations
-from liteshift.sql import failure_detail
-from liteshift.tracking import TRACKING_TABLE
+from liteshift.core import faults, tracking
+from liteshift.core.config import RunConfig
+from liteshift.core.db import begin_immediate, connection, is_locked_error, table_exists
+from liteshift.core.errors import CheckFailed, MigrationError
+from liteshift.core.migrations import Migration, Rebuild, load_migrations
+from liteshift.core.sql import failure_detail
+from liteshift.core.tracking import TRACKING_TABLE
+from liteshift.migrate import inverse, ledger, restore
+from liteshift.rebuild import blocking, foreign_keys, online, schema
 
 
 @dataclass
@@ -37,7 +39,7 @@ class Applied:
     statement_seconds: dict[str, float] = field(default_factory=dict)
     checkpoint_seconds: float = 0.0
     locked_at: float = 0.0  # time.perf_counter() when the write lock was taken
-    rebuilds: list[rebuild.RebuildStats] = field(default_factory=list)
+    rebuilds: list[schema.RebuildStats] = field(default_factory=list)
     old_rows_freed: int = 0
 
 
@@ -52,31 +54,31 @@ def _online_rebuilds(
         for version, r in specs
         if tables.count(r.table.lower()) == 1  # a table rebuilt twice in one run: blocking
         and table_exists(con, r.table)
-        and rebuild.choose_mode(con, r, cfg.rebuild_mode) == "online"
+        and schema.choose_mode(con, r, cfg.rebuild_mode) == "online"
     ]
 
 
 def copy_rebuilds(
     cfg: RunConfig, on_progress: Callable[[float], None] | None = None
-) -> list[rebuild.RebuildStats]:
+) -> list[schema.RebuildStats]:
     """Fill the shadow tables of the online rebuilds, in short throttled transactions.
 
     Safe to repeat: a copy killed half way resumes where it stopped. Writes no user row.
     """
     todo = tracking.pending(load_migrations(cfg.migrations_dir), _applied(cfg))
     stats = []
-    with connection(cfg.database, cfg.busy_timeout_ms) as con, rebuild.foreign_keys_off(con):
+    with connection(cfg.database, cfg.busy_timeout_ms) as con, foreign_keys.foreign_keys_off(con):
         if any(m.rebuilds for m in todo):  # a kept old copy would stand in a new rebuild's way
-            rebuild.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
-        online = _online_rebuilds(con, cfg, todo)
-        keep = frozenset(f"{v}:{rebuild.names(r.table)['id']}" for v, r in online)
-        rebuild.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms, keep)
-        with _abandon_on_failure(con, cfg, [spec for _, spec in online]):
-            for i, (version, spec) in enumerate(online):
-                state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
-                part = (lambda f, i=i: on_progress((i + f) / len(online))) if on_progress else None
+            online.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
+        shadows = _online_rebuilds(con, cfg, todo)
+        keep = frozenset(f"{v}:{schema.names(r.table)['id']}" for v, r in shadows)
+        online.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms, keep)
+        with _abandon_on_failure(con, cfg, [spec for _, spec in shadows]):
+            for i, (version, spec) in enumerate(shadows):
+                state = online.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
+                part = (lambda f, i=i: on_progress((i + f) / len(shadows))) if on_progress else None
                 stats.append(
-                    rebuild.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms, None, part)
+                    online.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms, None, part)
                 )
     return stats
 
@@ -91,7 +93,7 @@ def _abandon_on_failure(con: sqlite3.Connection, cfg: RunConfig, specs: list[Reb
     except MigrationError as exc:
         if not is_locked_error(exc):
             for spec in specs:
-                rebuild.abandon_online(con, spec.table, str(cfg.database), cfg.busy_timeout_ms)
+                online.abandon_online(con, spec.table, str(cfg.database), cfg.busy_timeout_ms)
         raise
 
 
@@ -109,26 +111,26 @@ def apply_migrations(
     """Apply the pending migrations atomically; nothing but the migration runs inside the lock."""
     migrations = load_migrations(cfg.migrations_dir)
     batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    with connection(cfg.database, cfg.busy_timeout_ms) as con, rebuild.foreign_keys_off(con):
+    with connection(cfg.database, cfg.busy_timeout_ms) as con, foreign_keys.foreign_keys_off(con):
         # Online rebuilds: the copy (done already when the flow ran copy_rebuilds) and the
         # reconcile down to a small backlog, outside the migration's transaction.
-        online: dict[tuple[str, str], rebuild.Online] = {}
+        shadows: dict[tuple[str, str], online.Online] = {}
         todo = tracking.pending(migrations, tracking.read_tracking(con))
         if any(m.rebuilds for m in todo):  # a kept old copy would stand in a new rebuild's way
-            rebuild.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
+            online.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
         planned = _online_rebuilds(con, cfg, todo)
         with _abandon_on_failure(con, cfg, [spec for _, spec in planned]):
             for version, spec in planned:
-                state = rebuild.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
-                rebuild.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms)
-                online[(version, spec.table.lower())] = state
-            result = _commit(con, cfg, migrations, batch, backup_path, flow_run_id, on_progress, online)
+                state = online.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
+                online.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms)
+                shadows[(version, spec.table.lower())] = state
+            result = _commit(con, cfg, migrations, batch, backup_path, flow_run_id, on_progress, shadows)
         con.execute("PRAGMA wal_autocheckpoint = 1000")
         checkpoint_start = time.perf_counter()
         con.execute("PRAGMA wal_checkpoint(PASSIVE)")
         result.checkpoint_seconds = time.perf_counter() - checkpoint_start
         faults.point("migrate-after-commit")
-        result.old_rows_freed = rebuild.drop_old_tables(con, str(cfg.database), cfg.busy_timeout_ms)
+        result.old_rows_freed = online.drop_old_tables(con, str(cfg.database), cfg.busy_timeout_ms)
     return result
 
 
@@ -140,7 +142,7 @@ def _commit(
     backup_path: str | None,
     flow_run_id: str | None,
     on_progress: Callable[[float], None] | None,
-    online: dict[tuple[str, str], rebuild.Online],
+    shadows: dict[tuple[str, str], online.Online],
 ) -> Applied:
     """The migration's one transaction: every pending up, rebuild and tracking row, then COMMIT."""
     # COMMIT would otherwise also copy the new pages from the -wal into the file: that runs
@@ -163,7 +165,7 @@ def _commit(
         if todo:  # _record_undo puts the ledger back
             ledger.pause(con)
         changes = con.total_changes
-        stats: list[rebuild.RebuildStats] = []
+        stats: list[schema.RebuildStats] = []
         recorders = {m.version: inverse.Recorder() for m in todo}
         retained: set[str] = set()
         with restore.tables_written(con) as written:
@@ -174,7 +176,7 @@ def _commit(
                 backup_path,
                 flow_run_id,
                 on_progress,
-                online,
+                shadows,
                 stats,
                 recorders,
                 cfg.revert_window_h > 0,
@@ -210,8 +212,8 @@ def _apply(
     backup_path: str | None,
     flow_run_id: str | None,
     on_progress: Callable[[float], None] | None,
-    online: dict[tuple[str, str], rebuild.Online],
-    stats: list[rebuild.RebuildStats],
+    shadows: dict[tuple[str, str], online.Online],
+    stats: list[schema.RebuildStats],
     recorders: dict[str, inverse.Recorder],
     retain: bool,
     retained: set[str],
@@ -226,14 +228,14 @@ def _apply(
         for stmt in m.steps:
             recorders[m.version].before(con, stmt)  # its inverse, read before it runs
             if isinstance(stmt, Rebuild):
-                state = online.get((m.version, stmt.table.lower()))
+                state = shadows.get((m.version, stmt.table.lower()))
                 if state:
                     back = recorders[m.version].rebuilds_back[-1] if retain else None
-                    stats.append(rebuild.cut_over(con, state, back))
+                    stats.append(online.cut_over(con, state, back))
                     if stats[-1].retained:
                         retained.add(m.version)
                 else:
-                    stats.append(rebuild.rebuild_blocking(con, stmt))
+                    stats.append(blocking.rebuild_blocking(con, stmt))
                 done += 1
                 continue
             try:

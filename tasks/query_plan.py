@@ -10,34 +10,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from liteshift import faults
-from liteshift.config import RunConfig
-from liteshift.db import connection
-from liteshift.errors import CheckFailed
-from liteshift.migrations import Query
-from liteshift.sql import quote_ident
+from liteshift.core import faults
+from liteshift.core.config import RunConfig
+from liteshift.core.db import connection
+from liteshift.core.errors import CheckFailed
+from liteshift.core.migrations import Query
+from liteshift.core.plans import QueryPlan, bare, explain
+from liteshift.core.sql import quote_ident
 
-PLAN_RE = re.compile(
-    r"^(?P<op>SEARCH|SCAN)\s+(?:TABLE\s+)?(?P<table>\S+)(?:\s+AS\s+\S+)?"
-    r"(?:\s+USING\s+(?:(?P<kind>COVERING|AUTOMATIC(?:\s+PARTIAL)?\s+COVERING)\s+)?INDEX\s+(?P<index>\S+))?"
-    r"(?:\s+\((?P<cols>[^)]*)\))?"
-)
-TERM_RE = re.compile(r"^(?:ANY\((?P<any>[^)]+)\)|(?P<col>[^=<>]+?)(?P<op>=|>|<)\?)$")
 DATE_TERM_RE = re.compile(
     r"date\(\s*(?P<col>\w+)\s*\)\s*(?P<op>>=|<=|=|>|<)\s*'(?P<day>\d{4}-\d{2}-\d{2})'", re.I
 )
-
-
-@dataclass
-class Plan:
-    """EXPLAIN QUERY PLAN, parsed: the index used and which of its columns it uses, and how."""
-
-    detail: list[str]
-    table: str | None
-    index: str | None
-    equality: list[str]
-    range: list[str]
-    full_scan: bool
 
 
 @dataclass
@@ -57,44 +40,13 @@ class QueryResult:
 
     name: str
     expect_index: str | None
-    plan: Plan
+    plan: QueryPlan
     before: Timing | None
     after: Timing | None
     warnings: list[str] = field(default_factory=list)
     suggestion: str | None = None
-    suggestion_plan: Plan | None = None
+    suggestion_plan: QueryPlan | None = None
     suggestion_timing: Timing | None = None
-
-
-def explain(con: sqlite3.Connection, sql: str) -> Plan:
-    """Run EXPLAIN QUERY PLAN and parse the first SEARCH/SCAN row of the main table."""
-    rows = [str(r[3]) for r in con.execute("EXPLAIN QUERY PLAN " + _bare(sql))]
-    for detail in rows:
-        m = PLAN_RE.match(detail)
-        if not m:
-            continue
-        eq: list[str] = []
-        rng: list[str] = []
-        for term in (m.group("cols") or "").split(" AND "):
-            t = TERM_RE.match(term.strip())
-            if not t:
-                continue
-            if t.group("any"):
-                eq.append(t.group("any"))
-            elif t.group("op") == "=":
-                eq.append(t.group("col").strip())
-            else:
-                col = t.group("col").strip()
-                if col not in rng:
-                    rng.append(col)
-        index = m.group("index")
-        full = m.group("op") == "SCAN" and not m.group("cols")
-        return Plan(rows, m.group("table"), index, eq, rng, full)
-    return Plan(rows, None, None, [], [], False)
-
-
-def _bare(sql: str) -> str:
-    return sql.strip().rstrip(";")
 
 
 class Sampler:
@@ -107,7 +59,7 @@ class Sampler:
     """
 
     def __init__(self, con: sqlite3.Connection, sql: str) -> None:
-        self.con, self.text = con, _bare(sql)
+        self.con, self.text = con, bare(sql)
         self.rows = len(con.execute(self.text).fetchall())  # warm-up: prepares, reads the pages
         start = time.perf_counter()
         con.execute(self.text).fetchall()  # a warm execution decides the batch, not the cold one
@@ -153,8 +105,14 @@ class Sampler:
 
 
 SLICE_S = 0.02  # each side's turn: short enough that machine drift hits both sides alike
+
+
 STOP_WIDTH = 0.10  # stop once the median is known to +-5%, or the budget is spent
+
+
 SETTLE_AFTER_S = 0.1  # ...but not before each side was timed this long: a few samples agree by luck
+
+
 REWARM_BELOW_S = 0.001
 
 
@@ -252,7 +210,7 @@ def check_query(
 
 
 def _prefix_warning(
-    con: sqlite3.Connection, q: Query, plan: Plan, result: QueryResult, cfg: RunConfig
+    con: sqlite3.Connection, q: Query, plan: QueryPlan, result: QueryResult, cfg: RunConfig
 ) -> None:
     cols = index_columns(con, str(plan.index))
     used = len(plan.equality) + len(plan.range)
@@ -267,7 +225,7 @@ def _prefix_warning(
     )
     rewritten = range_rewrite(q.sql)
     if rewritten:
-        result.suggestion = " ".join(_bare(rewritten).split())
+        result.suggestion = " ".join(bare(rewritten).split())
         result.suggestion_plan = explain(con, rewritten)
         result.suggestion_timing = time_query(con, rewritten, cfg)
 

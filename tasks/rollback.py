@@ -1,9 +1,9 @@
 """The rollback: the downs in one transaction, or a restore from the backup that loses nothing.
 
 A migration is undone, in this order of preference, by its down section, by the down derived when
-it was applied (liteshift.inverse), or by putting back from the backup what it changed, under the
+it was applied (liteshift.migrate.inverse), or by putting back from the backup what it changed, under the
 write lock and only when the write ledger proves no write reached those tables since
-(liteshift.restore). Whatever cannot be proven is refused, and nothing is changed.
+(liteshift.migrate.restore). Whatever cannot be proven is refused, and nothing is changed.
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from liteshift import faults, inverse, ledger, rebuild, restore
-from liteshift.constraints import find_violations
-from liteshift.db import attach_immutable, begin_immediate, connection, pragma_check, table_exists
-from liteshift.errors import CheckFailed, MigrationError, RollbackRefused
-from liteshift.migrations import DROP_INDEX_RE, Migration, Rebuild, Step, load_migrations
-from liteshift.sql import failure_detail, quote_ident, unquote
+from liteshift.core import faults
+from liteshift.core.db import attach_immutable, begin_immediate, connection, pragma_check, table_exists
+from liteshift.core.errors import CheckFailed, MigrationError, RollbackRefused
+from liteshift.core.migrations import DROP_INDEX_RE, Migration, Rebuild, Step, load_migrations
+from liteshift.core.sql import failure_detail, quote_ident, unquote
+from liteshift.core.tables import read_table
+from liteshift.core.tracking import TRACKING_TABLE, TrackingRow, read_tracking
+from liteshift.migrate import inverse, ledger, restore
+from liteshift.rebuild import blocking, foreign_keys, online, schema
+from liteshift.rebuild.constraints import find_violations
 from liteshift.tasks.backup import PARTIAL_SUFFIX
-from liteshift.tracking import TRACKING_TABLE, TrackingRow, read_tracking
 
 
 class DownFailed(RollbackRefused):
@@ -69,40 +72,40 @@ def rollback_database(
     """Undo the given versions (default: the last applied batch), then verify the result.
 
     rebuild_mode: how a rebuild back runs, as a migration's rebuilds do (auto: online from
-    rebuild.ONLINE_MIN_ROWS rows when each row keeps its key).
+    config.ONLINE_MIN_ROWS rows when each row keeps its key).
     """
     migrations = {m.version: m for m in load_migrations(migrations_dir)}
-    with connection(database, busy_timeout_ms) as con, rebuild.foreign_keys_off(con):
+    with connection(database, busy_timeout_ms) as con, foreign_keys.foreign_keys_off(con):
         if not _targets(con, versions):  # a read: no write lock needed to know there is nothing
-            rebuild.end_revert_windows(con, str(database), busy_timeout_ms)
+            online.end_revert_windows(con, str(database), busy_timeout_ms)
             return Rollback("nothing", [], "the migration never committed: nothing to undo")
         # An online rebuild back copies its rows now, outside the write lock; the downs'
         # transaction then only drains what the application changed meanwhile and swaps.
-        online: Online = {}
+        shadows: Online = {}
         try:
-            _copy_backs_online(con, database, versions, migrations, busy_timeout_ms, rebuild_mode, online)
+            _copy_backs_online(con, database, versions, migrations, busy_timeout_ms, rebuild_mode, shadows)
             undone = _undo(
-                con, database, migrations_dir, migrations, versions, backup_path, busy_timeout_ms, online
+                con, database, migrations_dir, migrations, versions, backup_path, busy_timeout_ms, shadows
             )
         except BaseException:
-            _abandon_backs(con, database, online, busy_timeout_ms)
+            _abandon_backs(con, database, shadows, busy_timeout_ms)
             raise
         if undone is None:
-            _abandon_backs(con, database, online, busy_timeout_ms)
-            rebuild.end_revert_windows(con, str(database), busy_timeout_ms)
+            _abandon_backs(con, database, shadows, busy_timeout_ms)
+            online.end_revert_windows(con, str(database), busy_timeout_ms)
             return Rollback("nothing", [], "the migration never committed: nothing to undo")
         result, todo, plans = undone
         if result.action == "restore":
-            _abandon_backs(con, database, online, busy_timeout_ms)
+            _abandon_backs(con, database, shadows, busy_timeout_ms)
         else:  # the tables the online cut-overs left, emptied in short transactions
-            rebuild.drop_old_tables(con, str(database), busy_timeout_ms)
+            online.drop_old_tables(con, str(database), busy_timeout_ms)
     result.verified = _verify(database, todo, _kept_indexes(todo, plans), busy_timeout_ms)
     faults.point("rollback-verified")
     return result
 
 
 Plans = dict[str, list[Step] | None]
-Online = dict[tuple[str, str], rebuild.Online]
+Online = dict[tuple[str, str], online.Online]
 
 
 def _undo(
@@ -113,7 +116,7 @@ def _undo(
     versions: list[str] | None,
     backup_path: str | None,
     busy_timeout_ms: int,
-    online: Online,
+    shadows: Online,
 ) -> tuple[Rollback, list[Migration], Plans] | None:
     """Under the write lock: the downs in one transaction, else the restore; None: nothing to undo."""
     begin_immediate(con, database, busy_timeout_ms)
@@ -135,11 +138,11 @@ def _undo(
     plans = {r.version: _down_steps(migrations[r.version], r) for r in rows}
     if all(p is not None for p in plans.values()):
         try:
-            _run_downs(con, todo, plans, online)
+            _run_downs(con, todo, plans, shadows)
         except DownFailed as exc:
             return _restore_after(exc, database, rows, backup_path, busy_timeout_ms), todo, plans
         faults.point("rollback-downs-committed")
-        result = _downs_result(todo, online)
+        result = _downs_result(todo, shadows)
         result.lock_seconds = time.perf_counter() - locked
         return result, todo, plans
     con.execute("ROLLBACK")
@@ -153,10 +156,10 @@ def _copy_backs_online(
     migrations: dict[str, Migration],
     busy_timeout_ms: int,
     mode: str,
-    online: Online,
+    shadows: Online,
 ) -> None:
     """Start and copy the rebuilds back that run online, in short throttled transactions, into
-    `online` (filled as they start, so that a failure removes what was started)."""
+    `shadows` (filled as they start, so that a failure removes what was started)."""
     if mode == "blocking":
         return
     backs = [
@@ -170,22 +173,22 @@ def _copy_backs_online(
     for version, back in backs:
         if tables.count(back.table.lower()) != 1 or not table_exists(con, back.table):
             continue  # a table rebuilt twice: blocking, inside the transaction
-        if rebuild.plan_copy(rebuild.read_table(con, back.table), back).shadow_key is None:
+        if schema.plan_copy(read_table(con, back.table), back).shadow_key is None:
             continue  # rows would not keep their keys: blocking
-        if rebuild.choose_mode(con, back, mode) != "online":
+        if schema.choose_mode(con, back, mode) != "online":
             continue
         _check_fits(con, migrations[version], back)
-        state = rebuild.start_online(
-            con, back, f"{rebuild.REVERT_PREFIX}{version}", str(database), busy_timeout_ms
+        state = online.start_online(
+            con, back, f"{online.REVERT_PREFIX}{version}", str(database), busy_timeout_ms
         )
-        if state.phase != "copy" and not rebuild.shadow_indexes_match(con, state):
+        if state.phase != "copy" and not online.shadow_indexes_match(con, state):
             # The old copy kept for the revert lost step with the table's indexes: copy afresh.
-            rebuild.abandon_online(con, state.source.name, str(database), busy_timeout_ms)
-            state = rebuild.start_online(
-                con, back, f"{rebuild.REVERT_PREFIX}{version}", str(database), busy_timeout_ms
+            online.abandon_online(con, state.source.name, str(database), busy_timeout_ms)
+            state = online.start_online(
+                con, back, f"{online.REVERT_PREFIX}{version}", str(database), busy_timeout_ms
             )
-        online[(version, back.table.lower())] = state
-        rebuild.copy_online(con, state, str(database), busy_timeout_ms)
+        shadows[(version, back.table.lower())] = state
+        online.copy_online(con, state, str(database), busy_timeout_ms)
 
 
 def _check_fits(con: sqlite3.Connection, m: Migration, back: Rebuild) -> None:
@@ -201,12 +204,12 @@ def _check_fits(con: sqlite3.Connection, m: Migration, back: Rebuild) -> None:
         )
 
 
-def _abandon_backs(con: sqlite3.Connection, database: Path, online: Online, busy_timeout_ms: int) -> None:
+def _abandon_backs(con: sqlite3.Connection, database: Path, shadows: Online, busy_timeout_ms: int) -> None:
     """The rebuilds back that were not swapped: each stays the migration's kept old copy while
     its revert window is open (end_revert_windows), else it is removed."""
     if con.in_transaction:
         con.execute("ROLLBACK")
-    rebuild.end_revert_windows(con, str(database), busy_timeout_ms)
+    online.end_revert_windows(con, str(database), busy_timeout_ms)
 
 
 def _targets(con: sqlite3.Connection, versions: list[str] | None) -> list[TrackingRow]:
@@ -248,13 +251,13 @@ def _why_backup(todo: list[Migration], rows: list[TrackingRow], plans: dict[str,
     return f"{m.path.name} has no down section and its up has no derived down"
 
 
-def _downs_result(todo: list[Migration], online: Online) -> Rollback:
+def _downs_result(todo: list[Migration], shadows: Online) -> Rollback:
     labels = [m.label for m in todo]
     swapped = "".join(
         f"; {state.source.name} rebuilt back online ({state.stats.rows:,} rows copied, "
         f"{state.stats.reconciled:,} changed ones replayed; "
         f"cut-over {state.stats.cutover_seconds * 1e3:.0f} ms)"
-        for state in online.values()
+        for state in shadows.values()
     )
     if all(m.down for m in todo):
         return Rollback("down", labels, f"ran the down of {', '.join(labels)}{swapped}")
@@ -266,13 +269,13 @@ def _downs_result(todo: list[Migration], online: Online) -> Rollback:
     )
 
 
-def _run_downs(con: sqlite3.Connection, todo: list[Migration], plans: Plans, online: Online) -> None:
+def _run_downs(con: sqlite3.Connection, todo: list[Migration], plans: Plans, shadows: Online) -> None:
     """Every down, newest first, and the tracking rows' removal, in the one open transaction."""
     try:
         for m in todo:
             for stmt in plans[m.version] or []:
                 if isinstance(stmt, Rebuild):
-                    _rebuild_back(con, m, stmt, online.get((m.version, stmt.table.lower())))
+                    _rebuild_back(con, m, stmt, shadows.get((m.version, stmt.table.lower())))
                     continue
                 try:
                     con.execute(stmt)
@@ -297,16 +300,16 @@ def _keep_needed_ledger(con: sqlite3.Connection) -> None:
     ledger.keep_only(con, restore.proof_tables(con))
 
 
-def _rebuild_back(con: sqlite3.Connection, m: Migration, back: Rebuild, state: rebuild.Online | None) -> None:
+def _rebuild_back(con: sqlite3.Connection, m: Migration, back: Rebuild, state: online.Online | None) -> None:
     """Rebuild a table back to its saved definition (the cut-over of its online copy when it has
     one); refuse when that cannot give back every value."""
     table = back.table
     try:
-        current = {c.lower() for c in rebuild.read_table(con, table).columns}
+        current = {c.lower() for c in read_table(con, table).columns}
         mapped = {c.lower() for c in back.expressions}
         lost = [
             c
-            for c in rebuild.plan_copy(rebuild.read_table(con, table), back).target.stored
+            for c in schema.plan_copy(read_table(con, table), back).target.stored
             if c.lower() not in current and c.lower() not in mapped
         ]
         if lost:
@@ -317,10 +320,10 @@ def _rebuild_back(con: sqlite3.Connection, m: Migration, back: Rebuild, state: r
                 "database as it is",
             )
         if state is not None:
-            rebuild.cut_over(con, state)
+            online.cut_over(con, state)
         else:
             _check_fits(con, m, back)
-            rebuild.rebuild_blocking(con, back)
+            blocking.rebuild_blocking(con, back)
     except MigrationError as exc:
         if isinstance(exc, RollbackRefused):
             raise
@@ -376,7 +379,7 @@ def _restore(
             f"the migration's proof was made against the backup {proof['backup']}",
             f"run 'liteshift rollback' without --backup (it uses {proof['backup']})",
         )
-    with connection(database, busy_timeout_ms, uri=True) as con, rebuild.foreign_keys_off(con):
+    with connection(database, busy_timeout_ms, uri=True) as con, foreign_keys.foreign_keys_off(con):
         attach_immutable(con, backup, restore.BACKUP_SCHEMA)
         start = time.perf_counter()
         # The scans, before the lock: the proof, checked again under it, keeps what they found true.
@@ -464,7 +467,7 @@ def finish_undo(database: Path, busy_timeout_ms: int = 5000) -> str:
         watched = sorted(ledger.guarded(con))
         ledger.keep_only(con, [])
         con.execute("COMMIT")
-        windows = rebuild.end_revert_windows(con, str(database), busy_timeout_ms, every=True)
+        windows = online.end_revert_windows(con, str(database), busy_timeout_ms, every=True)
     if not ended and not watched and not windows:
         return "nothing to finish: no migration keeps a restore proof or an old copy"
     said = []

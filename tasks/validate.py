@@ -9,10 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from liteshift import faults, tracking
-from liteshift.config import RunConfig
-from liteshift.constraints import find_violations
-from liteshift.db import (
+from liteshift.core import faults, tracking
+from liteshift.core.config import RunConfig
+from liteshift.core.db import (
     CORRUPT_HINT,
     begin_immediate,
     check_is_sqlite_file,
@@ -25,12 +24,14 @@ from liteshift.db import (
     table_bytes,
     table_exists,
 )
-from liteshift.errors import BadInput
-from liteshift.indexes import IndexDef, index_definition
-from liteshift.migrations import Migration, Query, dropped_index_names, load_migrations
-from liteshift.rebuild import plan_copy, read_table
-from liteshift.rehearsal import Rehearsal, rehearse
-from liteshift.tracking import TrackingRow
+from liteshift.core.errors import BadInput
+from liteshift.core.indexes import IndexDef, index_definition
+from liteshift.core.migrations import Migration, Query, dropped_index_names, load_migrations
+from liteshift.core.tables import read_table
+from liteshift.core.tracking import TrackingRow
+from liteshift.migrate.rehearsal import Rehearsal, rehearse
+from liteshift.rebuild.constraints import find_violations
+from liteshift.rebuild.schema import plan_copy
 
 
 @dataclass

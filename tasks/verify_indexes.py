@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from liteshift import faults
-from liteshift.config import RunConfig
-from liteshift.db import connection
-from liteshift.errors import CheckFailed
-from liteshift.indexes import IndexDef, index_definition
+from liteshift.core import faults
+from liteshift.core.config import RunConfig
+from liteshift.core.db import connection
+from liteshift.core.errors import CheckFailed
+from liteshift.core.indexes import IndexDef, index_definition
 
 
 @dataclass

@@ -22,7 +22,7 @@ from helpers import PROJECT_MIGRATIONS  # noqa: E402
 # passes its own directory: see helpers.PROJECT_MIGRATIONS.
 os.environ["LITESHIFT_MIGRATIONS_DIR"] = str(PROJECT_MIGRATIONS)
 
-from liteshift.config import RunConfig  # noqa: E402
+from liteshift.core.config import RunConfig  # noqa: E402
 from liteshift.demo import build_demo_db  # noqa: E402
 
 DbFactory = Callable[..., Path]

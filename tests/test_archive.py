@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from helpers import WriterProcess, snapshot
 
-from liteshift import archive as archive_module
-from liteshift.archive import PROGRESS, archive_rows, plan_archive
-from liteshift.errors import BadInput, CheckFailed
-from liteshift.sql import quote_ident
+from liteshift.archive import move as archive_module
+from liteshift.archive.move import PROGRESS, archive_rows, plan_archive
+from liteshift.core.errors import BadInput, CheckFailed
+from liteshift.core.sql import quote_ident
 
 CUTOFF = "2024-04-01"  # the demo's dates run from 2024-01-01 over two years: about 1 row in 8 moves
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import user_snapshot
 
-from liteshift.errors import CheckFailed
+from liteshift.core.errors import CheckFailed
 from liteshift.tasks import backup as backup_mod
 from liteshift.tasks.backup import backup_database, backup_path_for
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from liteshift.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
-from liteshift.config import RunConfig
+from liteshift.core.config import DEMO_MIGRATIONS_DIR as DEFAULT_MIGRATIONS_DIR
+from liteshift.core.config import RunConfig
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from liteshift.constraints import (
+from liteshift.core.errors import BadInput
+from liteshift.rebuild.constraints import (
     Constraint,
     Violation,
     find_violations,
     new_constraints,
     table_constraints,
 )
-from liteshift.errors import BadInput
 
 OLD_WORKLOGS = """CREATE TABLE worklogs (
     id INTEGER PRIMARY KEY,
@@ -436,7 +436,7 @@ def test_find_violations_writes_nothing(db: Path) -> None:
 
 
 def test_without_foreign_keys_keeps_everything_else() -> None:
-    from liteshift.constraints import without_foreign_keys
+    from liteshift.rebuild.constraints import without_foreign_keys
 
     sql = (
         'CREATE TABLE "a b" (id INTEGER PRIMARY KEY, '

@@ -14,9 +14,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from liteshift import lock
-from liteshift.config import RunConfig
-from liteshift.errors import BadInput
+from liteshift.core import lock
+from liteshift.core.config import RunConfig
+from liteshift.core.errors import BadInput
+from liteshift.core.window import WindowInvalid, enforce_window
 from liteshift.flows.archive import archive_rows
 from liteshift.flows.concurrency import GRACE_S, POLL_S, limit_name, orphan_grace_s, slot_orphaned
 from liteshift.flows.fleet import inventory_host, migrate_fleet
@@ -24,7 +25,6 @@ from liteshift.flows.health import check_database_health
 from liteshift.flows.maintenance import maintain_database
 from liteshift.flows.migrate import migrate_database
 from liteshift.flows.rollback import rollback_migration
-from liteshift.window import WindowInvalid, enforce_window
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from liteshift.cli import _parser
-from liteshift.config import RunConfig
-from liteshift.health import Thresholds
+from liteshift.core.config import RunConfig
+from liteshift.health.thresholds import Thresholds
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text("utf-8")
 MONITORING = (Path(__file__).resolve().parent.parent / "docs" / "MONITORING.md").read_text("utf-8")

@@ -9,7 +9,7 @@ import pytest
 from helpers import snapshot
 
 from liteshift.cli import main
-from liteshift.config import RunConfig
+from liteshift.core.config import RunConfig
 from liteshift.flows.approval import Approval, ApprovalDenied, check_answer
 from liteshift.tasks.dry_run import DryRunFailed, dry_run, dry_run_or_refuse, render_plan
 

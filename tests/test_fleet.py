@@ -9,33 +9,31 @@ from pathlib import Path
 
 import pytest
 
-from liteshift.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INCOMPLETE
-from liteshift.fleet import (
+from liteshift.core.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INCOMPLETE
+from liteshift.fleet.manifest import (
+    Host,
+    Manifest,
+    ManifestInvalid,
+    Target,
+    glob_paths,
+    inventory,
+    load_manifest,
+)
+from liteshift.fleet.outcomes import (
     DEFERRED_ERRORS,
     FAILED_ERRORS,
     MIN_FINISHED_FOR_RATE,
     OUTCOMES,
     REFUSED_ERRORS,
     FleetIncomplete,
-    Host,
-    Manifest,
-    ManifestInvalid,
     Outcome,
-    Plan,
-    PlanInvalid,
     Tally,
-    Target,
     classify,
-    glob_paths,
-    inventory,
-    load_manifest,
-    make_plan,
-    read_plan,
     resume_hint,
     should_halt,
     unfinished,
-    write_plan,
 )
+from liteshift.fleet.rollout import Plan, PlanInvalid, make_plan, read_plan, write_plan
 
 WAVES_TRY = (
     "Try: write increasing cumulative percentages of the targets left after the canary, "

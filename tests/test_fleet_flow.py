@@ -10,7 +10,7 @@ import pytest
 from prefect import flow, get_client
 from prefect.states import Paused, Scheduled, State
 
-from liteshift import fleet
+from liteshift.fleet import manifest, rollout
 from liteshift.flows import fleet as fleet_flow
 
 
@@ -70,10 +70,10 @@ def _stand_in() -> None:
 
 def _adopted(fleet_id: str, state: State) -> fleet_flow.Child:
     """One database's child run made as a killed parent left it, then adopted by a resume."""
-    target = fleet.Target(
+    target = manifest.Target(
         key=f"a:/srv/{fleet_id}.db", host="a", path=f"/srv/{fleet_id}.db", queue="liteshift-a"
     )
-    plan = fleet.make_plan(fleet_id, [target], canary=0)
+    plan = rollout.make_plan(fleet_id, [target], canary=0)
     with get_client(sync_client=True) as client:
         client.create_flow_run(
             _stand_in, tags=[f"fleet-{fleet_id}", fleet_flow._tag(target.key)], state=state
@@ -103,10 +103,10 @@ def test_a_paused_child_waits_for_a_person_and_is_never_cancelled_as_unreached()
 
 def test_status_shows_each_database_state_and_why_it_is_not_migrated() -> None:
     targets = [
-        fleet.Target(key=f"{h}:/srv/{h}.db", host=h, path=f"/srv/{h}.db", queue=f"liteshift-{h}")
+        manifest.Target(key=f"{h}:/srv/{h}.db", host=h, path=f"/srv/{h}.db", queue=f"liteshift-{h}")
         for h in "ab"
     ]
-    plan = fleet.make_plan("status-shown", targets, canary=1)
+    plan = rollout.make_plan("status-shown", targets, canary=1)
     children = {t.key: fleet_flow.Child(t, plan.wave_of(t.key)) for t in targets}
     canary, other = plan.canary[0], next(k for k in children if k not in plan.canary)
     children[canary].outcome, children[canary].attempts = "completed", 1

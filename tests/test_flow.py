@@ -10,9 +10,9 @@ import pytest
 from helpers import index_names, snapshot, tracked_versions, user_snapshot
 
 import liteshift.flows.migrate as flow_mod
-from liteshift.errors import BadInput, CheckFailed
+from liteshift.core.errors import BadInput, CheckFailed
+from liteshift.core.names import db_key
 from liteshift.flows.steps import step_task
-from liteshift.report import db_key
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -156,7 +156,7 @@ def _flaky(real: Any, error: Exception, calls: list[int]) -> Any:
 
 
 def test_a_locked_database_is_retried(make_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from liteshift.errors import DatabaseLocked
+    from liteshift.core.errors import DatabaseLocked
     from liteshift.tasks.validate import validate_database
 
     db = make_db()

@@ -11,10 +11,10 @@ import pytest
 from helpers import index_names, snapshot
 
 import liteshift.flows.migrate as flow_mod
-from liteshift import lock
+from liteshift.core import lock
+from liteshift.core.guard import WrongHost
+from liteshift.core.window import OutsideWindow, WindowTooShort
 from liteshift.flows.concurrency import DatabaseBusy, limit_name, one_run_per_database
-from liteshift.guard import WrongHost
-from liteshift.window import OutsideWindow, WindowTooShort
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

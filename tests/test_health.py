@@ -14,19 +14,14 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT_MIGRATIONS
 
-from liteshift import health
-from liteshift.errors import BadInput
-from liteshift.health import (
-    Finding,
-    HealthReport,
-    Thresholds,
-    measure,
-    plan_problem,
-    render_markdown,
-    table_rows,
-)
-from liteshift.history import History, history_path
-from liteshift.report import db_key
+from liteshift.core.errors import BadInput
+from liteshift.core.names import db_key
+from liteshift.health import measure as measure_module
+from liteshift.health.history import History, history_path
+from liteshift.health.measure import measure, plan_problem
+from liteshift.health.model import Finding, HealthReport
+from liteshift.health.render import render_markdown, table_rows
+from liteshift.health.thresholds import Thresholds
 from liteshift.tasks.migrate import apply_migrations
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -145,7 +140,7 @@ def test_indexes_below_the_minimum_size_are_not_judged(make_db, tmp_path: Path) 
 
 
 def test_without_dbstat_index_bloat_is_unavailable_never_ok(make_db, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(health, "dbstat_available", lambda con: False)
+    monkeypatch.setattr(measure_module, "dbstat_available", lambda con: False)
     report = run(make_db(), tmp_path)
     assert [(f.metric, f.severity) for f in find(report, "dbstat")] == [("dbstat", "unavailable")]
     assert "no dbstat" in find(report, "dbstat")[0].message

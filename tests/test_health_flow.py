@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from helpers import PROJECT_MIGRATIONS, snapshot
 
+from liteshift.core.window import OutsideWindow, parse_window
 from liteshift.flows import health as health_flow
 from liteshift.flows.health import check_database_health
 from liteshift.flows.maintenance import maintain_database
-from liteshift.window import OutsideWindow, parse_window
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 INDEX = "idx_worklogs_company"
@@ -205,7 +205,7 @@ def test_the_table_artifact_rows_carry_the_7_and_30_day_range(tmp_path) -> None:
     from datetime import timedelta
 
     from liteshift.flows.health import with_trends
-    from liteshift.history import History
+    from liteshift.health.history import History
 
     history = History(tmp_path / "h.db")
     now = datetime.now(UTC)

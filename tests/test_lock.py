@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import snapshot
 
-from liteshift import lock
-from liteshift.db import connection
+from liteshift.core import lock
+from liteshift.core.db import connection
 
 
 def _plant(db: Path, host: str, pid: int, heartbeat_at: float) -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from helpers import snapshot
 
-from liteshift import maintenance
-from liteshift.errors import BadInput
-from liteshift.maintenance import Request
-from liteshift.migrations import Query
-from liteshift.window import OutsideWindow, WindowTooShort
+from liteshift.core.errors import BadInput
+from liteshift.core.migrations import Query
+from liteshift.core.window import OutsideWindow, WindowTooShort
+from liteshift.health import maintenance
+from liteshift.health.maintenance import Request
 
 
 def _scattered(path: Path, rows: int = 20_000, auto_vacuum: str = "NONE") -> Path:
@@ -112,7 +112,7 @@ def test_killed_after_the_action_leaves_the_database_as_it_was(tmp_path: Path) -
     db = _scattered(tmp_path / "app.db")
     before = snapshot(db)
     code = (
-        "import sys; from pathlib import Path; from liteshift import maintenance as m; "
+        "import sys; from pathlib import Path; from liteshift.health import maintenance as m; "
         "r = m.Request(Path(sys.argv[1]), 'analyze', ('Event Log',)); m.act(r, None)"
     )
     env = {**os.environ, "LITESHIFT_KILL_AT": "maintenance-acted"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import index_names, migrations_dir, snapshot, tracked_versions
 
-from liteshift.errors import CheckFailed, DatabaseLocked
+from liteshift.core.errors import CheckFailed, DatabaseLocked
 from liteshift.tasks.migrate import apply_migrations
 
 
@@ -114,7 +114,7 @@ def test_an_index_migration_records_its_derived_down(make_db, config, tmp_path: 
 
 @pytest.mark.parametrize("layout", [1, 2])
 def test_an_older_layout_loses_its_unsound_restore_proof_in_the_upgrade(make_db, config, layout: int) -> None:
-    from liteshift.tracking import META_DDL, TRACKING_DDL
+    from liteshift.core.tracking import META_DDL, TRACKING_DDL
 
     db = make_db()
     old = (
@@ -142,7 +142,7 @@ def test_an_older_layout_loses_its_unsound_restore_proof_in_the_upgrade(make_db,
 
 
 def test_a_tracking_layout_from_a_newer_liteshift_is_refused(make_db, config) -> None:
-    from liteshift.errors import BadInput
+    from liteshift.core.errors import BadInput
 
     db = make_db()
     apply_migrations(config(db))

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT_MIGRATIONS, migrations_dir
 
-from liteshift import migrations as mig
-from liteshift import tracking
-from liteshift.errors import BadInput, ChecksumDrift
-from liteshift.rehearsal import rehearse
+from liteshift.core import migrations as mig
+from liteshift.core import tracking
+from liteshift.core.errors import BadInput, ChecksumDrift
+from liteshift.migrate.rehearsal import rehearse
 
 
 def test_001_creates_exactly_the_reports_four_indexes() -> None:
@@ -169,7 +169,7 @@ def test_a_directive_counts_only_at_the_start_of_a_line(tmp_path: Path) -> None:
 
 
 def test_a_misspelt_fault_point_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from liteshift import faults
+    from liteshift.core import faults
 
     with pytest.raises(faults.UnknownPoint):
         faults.point("backup-copyed")  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""liteshift.plot: the stdlib-only PNG line chart, decoded back by a small PNG reader written here."""
+"""liteshift.health.plot: the stdlib-only PNG line chart, decoded back by a small PNG reader written here."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from liteshift import plot
-from liteshift.plot import PNG_SIGNATURE, Series, chart_frame, line_chart_png, nice_range, x_ticks, y_ticks
+from liteshift.health import plot
+from liteshift.health.plot import (
+    PNG_SIGNATURE,
+    Series,
+    chart_frame,
+    line_chart_png,
+    nice_range,
+    x_ticks,
+    y_ticks,
+)
 
 DAY = 86400.0
 T0 = 1_746_057_600.0  # 2025-05-01 00:00:00 UTC

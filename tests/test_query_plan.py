@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from liteshift.errors import CheckFailed
-from liteshift.migrations import Query
+from liteshift.core.errors import CheckFailed
+from liteshift.core.migrations import Query
+from liteshift.core.plans import explain
 from liteshift.tasks.migrate import apply_migrations
-from liteshift.tasks.query_plan import check_query_plans, explain, range_rewrite, time_pair
+from liteshift.tasks.query_plan import check_query_plans, range_rewrite, time_pair
 
 Q_USER = Query(
     "user_worklogs_range",

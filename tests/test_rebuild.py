@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from helpers import ALL_MIGRATIONS, migrations_dir, snapshot, tracked_versions, user_snapshot
 
-from liteshift import rebuild
-from liteshift.db import Held
-from liteshift.errors import BadInput, CheckFailed, RollbackRefused
-from liteshift.migrations import Rebuild, parse_migration
+from liteshift.core import throttle
+from liteshift.core.db import Held
+from liteshift.core.errors import BadInput, CheckFailed, RollbackRefused
+from liteshift.core.migrations import Rebuild, parse_migration
+from liteshift.rebuild import blocking, online
 from liteshift.tasks.migrate import apply_migrations
 from liteshift.tasks.rollback import rollback_database
 from liteshift.tasks.validate import validate_database
@@ -288,7 +289,7 @@ def test_a_parent_row_deleted_in_the_transaction_is_caught_by_the_foreign_key_ch
     con.execute("BEGIN IMMEDIATE")
     con.execute('DELETE FROM "Parent Table" WHERE id = 5')  # children keep pointing at it (fk off)
     with pytest.raises(CheckFailed) as err:
-        rebuild.rebuild_blocking(con, Rebuild("Parent Table", PARENT))
+        blocking.rebuild_blocking(con, Rebuild("Parent Table", PARENT))
     assert str(err.value) == (
         "The rebuild of Parent Table breaks a foreign key: 3 row(s) point to no parent row, first: "
         "cascade_child rowid 5 -> Parent Table, cascade_child rowid 205 -> Parent Table, cascade_child rowid "
@@ -388,7 +389,7 @@ def test_online_rebuild_with_a_concurrent_writer_loses_and_duplicates_nothing(tm
         "qty INTEGER NOT NULL CHECK (qty > 0))",
     )
     con = rebuild_connection(db)
-    state = rebuild.start_online(con, spec, "001", str(db), 10_000)
+    state = online.start_online(con, spec, "001", str(db), 10_000)
     stop = threading.Event()
     done: list[str] = []
 
@@ -417,7 +418,7 @@ def test_online_rebuild_with_a_concurrent_writer_loses_and_duplicates_nothing(tm
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        rebuild.copy_online(con, state, str(db), 10_000, rebuild.Throttle(rows=500))
+        online.copy_online(con, state, str(db), 10_000, throttle.Throttle(rows=500))
         time.sleep(0.2)
     finally:
         stop.set()
@@ -425,7 +426,7 @@ def test_online_rebuild_with_a_concurrent_writer_loses_and_duplicates_nothing(tm
     assert len(done) > 100
     source = _digest(db, "items", "id, code, qty")
     con.execute("BEGIN IMMEDIATE")
-    stats = rebuild.cut_over(con, state)
+    stats = online.cut_over(con, state)
     con.execute("COMMIT")
     assert stats.rows >= 20_000 and stats.batches > 3
     assert _digest(db, "items", "id, code, qty") == source  # equal to the source at the cut-over
@@ -433,7 +434,7 @@ def test_online_rebuild_with_a_concurrent_writer_loses_and_duplicates_nothing(tm
         _rows(db, "SELECT count(*), count(DISTINCT code) FROM items")[0][0]
         == _rows(db, "SELECT count(DISTINCT id) FROM items")[0][0]
     )
-    rebuild.drop_old_tables(con, str(db), 10_000)
+    online.drop_old_tables(con, str(db), 10_000)
     con.close()
     assert _rows(db, "PRAGMA integrity_check") == [("ok",)]
     assert sorted(r[0] for r in _rows(db, "SELECT name FROM sqlite_schema")) == [
@@ -456,23 +457,23 @@ def test_a_violating_write_during_the_copy_stops_the_cut_over_and_writes_go_on(t
     )
     spec = Rebuild("items", "CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER CHECK (qty > 0))")
     con = rebuild_connection(db)
-    state = rebuild.start_online(con, spec, "001", str(db), 5000)
-    rebuild.copy_online(con, state, str(db), 5000)
+    state = online.start_online(con, spec, "001", str(db), 5000)
+    online.copy_online(con, state, str(db), 5000)
     app = sqlite3.connect(db, isolation_level=None)
     app.execute("UPDATE items SET qty = -1 WHERE id = 10")
     before = _digest(db, "items")
     con.execute("BEGIN IMMEDIATE")
     with pytest.raises(CheckFailed, match="CHECK constraint failed"):
-        rebuild.cut_over(con, state)
+        online.cut_over(con, state)
     con.execute("ROLLBACK")
     assert _digest(db, "items") == before  # nothing swapped
     app.execute("INSERT INTO items (qty) VALUES (7)")  # the capture triggers still work
     app.execute("UPDATE items SET qty = 2 WHERE id = 10")  # the user fixes the row ...
-    state = rebuild.start_online(con, spec, "001", str(db), 5000)  # ... and the rebuild resumes
+    state = online.start_online(con, spec, "001", str(db), 5000)  # ... and the rebuild resumes
     assert state.phase == "reconcile"
-    rebuild.copy_online(con, state, str(db), 5000)
+    online.copy_online(con, state, str(db), 5000)
     con.execute("BEGIN IMMEDIATE")
-    rebuild.cut_over(con, state)
+    online.cut_over(con, state)
     con.execute("COMMIT")
     assert _rows(db, "SELECT count(*), max(id) FROM items") == [(2001, 2001)]
     app.close()
@@ -486,14 +487,14 @@ def test_an_abandoned_online_rebuild_leaves_the_application_writing(tmp_path):
         rows=[f"INSERT INTO items (qty) VALUES ({i})" for i in range(100)],
     )
     con = rebuild_connection(db)
-    rebuild.start_online(
+    online.start_online(
         con,
         Rebuild("items", "CREATE TABLE items (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL)"),
         "001",
         str(db),
         5000,
     )
-    rebuild.abandon_online(con, "items", str(db), 5000)
+    online.abandon_online(con, "items", str(db), 5000)
     con.close()
     names = sorted(r[0] for r in _rows(db, "SELECT name FROM sqlite_schema WHERE name LIKE 'liteshift_%'"))
     assert names == ["liteshift_rebuilds"]
@@ -528,7 +529,7 @@ def test_migration_002_on_the_demo_database(tmp_path, config, make_db):
 PETS = "CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owners(id))"
 
 
-def _pets_copied_online(tmp_path: Path) -> tuple[Path, Rebuild, sqlite3.Connection, rebuild.Online]:
+def _pets_copied_online(tmp_path: Path) -> tuple[Path, Rebuild, sqlite3.Connection, online.Online]:
     """50 owners, 3,000 pets without a foreign key, copied online towards one that has it."""
     db = _db(
         tmp_path / "pets.db",
@@ -539,8 +540,8 @@ def _pets_copied_online(tmp_path: Path) -> tuple[Path, Rebuild, sqlite3.Connecti
     )
     spec = Rebuild("pets", PETS)
     con = rebuild_connection(db)
-    state = rebuild.start_online(con, spec, "001", str(db), 5000)
-    rebuild.copy_online(con, state, str(db), 5000)
+    state = online.start_online(con, spec, "001", str(db), 5000)
+    online.copy_online(con, state, str(db), 5000)
     return db, spec, con, state
 
 
@@ -553,17 +554,17 @@ def test_a_parent_row_deleted_during_an_online_copy_stops_the_cut_over(tmp_path)
     before = snapshot(db)
     con.execute("BEGIN IMMEDIATE")
     with pytest.raises(CheckFailed) as err:
-        rebuild.cut_over(con, state)
+        online.cut_over(con, state)
     con.execute("ROLLBACK")
     assert err.value.what == "The rebuild of pets breaks a foreign key"
     assert err.value.why.startswith("over 5 row(s) point to no parent row, first: pets rowid 7 -> owners")
     assert snapshot(db) == before  # nothing swapped
     app.execute("INSERT INTO pets (owner_id) VALUES (1)")  # and the application still writes
     app.execute("DELETE FROM pets WHERE owner_id = 7")  # the orphans are dealt with: it goes on
-    state = rebuild.start_online(con, spec, "001", str(db), 5000)
-    rebuild.copy_online(con, state, str(db), 5000)
+    state = online.start_online(con, spec, "001", str(db), 5000)
+    online.copy_online(con, state, str(db), 5000)
     con.execute("BEGIN IMMEDIATE")
-    rebuild.cut_over(con, state)
+    online.cut_over(con, state)
     con.execute("COMMIT")
     assert _rows(db, "SELECT sql FROM sqlite_schema WHERE name = 'pets'") == [
         ('CREATE TABLE "pets" (id INTEGER PRIMARY KEY, owner_id INTEGER REFERENCES owners(id))',)
@@ -599,8 +600,8 @@ def test_application_connections_with_foreign_keys_on_lose_no_child(tmp_path, co
 
 def test_the_throttle_steers_batches_to_the_budget_and_pauses_as_long_as_it_held(monkeypatch):
     slept: list[float] = []
-    monkeypatch.setattr(rebuild.time, "sleep", slept.append)
-    t = rebuild.Throttle(budget_s=0.02, rows=2000)
+    monkeypatch.setattr(throttle.time, "sleep", slept.append)
+    t = throttle.Throttle(budget_s=0.02, rows=2000)
     t.after(Held(waited=0.0, held=0.005, work=0.005))  # four times under budget: at most doubles
     assert t.rows == 4000
     t.after(Held(waited=0.0, held=0.030, work=0.030))  # over budget: shrinks in proportion
@@ -620,7 +621,7 @@ def test_the_cut_over_checks_only_the_rows_and_parents_that_changed_since_the_co
     con.set_trace_callback(statements.append)
     con.execute("BEGIN IMMEDIATE")
     with pytest.raises(CheckFailed) as err:
-        rebuild.cut_over(con, state)
+        online.cut_over(con, state)
     con.execute("ROLLBACK")
     con.set_trace_callback(None)
     assert err.value.why == "1 row(s) point to no parent row, first: pets rowid 3001 -> owners"
@@ -628,9 +629,9 @@ def test_the_cut_over_checks_only_the_rows_and_parents_that_changed_since_the_co
     # A parent deleted while the copy runs is caught by the check that ends the copy, outside the lock.
     app.execute("DELETE FROM pets WHERE id = 3001")
     app.execute("DELETE FROM owners WHERE id = 8")
-    state = rebuild.start_online(con, spec, "001", str(db), 5000)
+    state = online.start_online(con, spec, "001", str(db), 5000)
     with pytest.raises(CheckFailed) as err:
-        rebuild.copy_online(con, state, str(db), 5000)
+        online.copy_online(con, state, str(db), 5000)
     assert str(err.value) == (
         "The rebuild of pets breaks a foreign key: over 5 row(s) point to no parent row, first: pets rowid 8 "
         "-> owners, pets rowid 58 -> owners, pets rowid 108 -> owners, pets rowid 158 -> owners, "
@@ -686,10 +687,10 @@ def test_the_old_copy_left_for_the_drop_phase_blocks_no_parent_delete(tmp_path):
         "c", "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id), v INTEGER CHECK (v > 0))"
     )
     con = rebuild_connection(db)
-    state = rebuild.start_online(con, spec, "001", str(db), 10_000)
-    rebuild.copy_online(con, state, str(db), 10_000)
+    state = online.start_online(con, spec, "001", str(db), 10_000)
+    online.copy_online(con, state, str(db), 10_000)
     con.execute("BEGIN IMMEDIATE")
-    rebuild.cut_over(con, state)
+    online.cut_over(con, state)
     con.execute("COMMIT")
     app = sqlite3.connect(db, isolation_level=None, timeout=10)
     app.execute("PRAGMA foreign_keys = ON")
@@ -697,6 +698,6 @@ def test_the_old_copy_left_for_the_drop_phase_blocks_no_parent_delete(tmp_path):
     app.execute("DELETE FROM p WHERE id = 5")  # failed with "FOREIGN KEY constraint failed"
     app.close()
     assert _rows(db, "PRAGMA integrity_check") == [("ok",)]
-    assert rebuild.drop_old_tables(con, str(db), 10_000) == 50
+    assert online.drop_old_tables(con, str(db), 10_000) == 50
     con.close()
     assert _rows(db, "PRAGMA foreign_key_check") == []

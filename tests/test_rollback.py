@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT_MIGRATIONS, index_names, migrations_dir, snapshot, tracked_versions, user_snapshot
 
-from liteshift.errors import RollbackRefused
+from liteshift.core.errors import RollbackRefused
 from liteshift.tasks.backup import backup_database
 from liteshift.tasks.migrate import apply_migrations
 from liteshift.tasks.rollback import rollback_database

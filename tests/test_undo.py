@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import migrations_dir, snapshot, tracked_versions, user_snapshot
 
-from liteshift import faults
-from liteshift.errors import RollbackRefused
+from liteshift.core import faults
+from liteshift.core.errors import RollbackRefused
 from liteshift.tasks.backup import backup_database
 from liteshift.tasks.migrate import apply_migrations
 from liteshift.tasks.rollback import rollback_database
@@ -473,7 +473,7 @@ def _codes(tmp_path: Path) -> Path:
 def test_a_row_level_restore_gives_back_exactly_the_rows_the_migration_wrote(
     config, tmp_path: Path, up: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from liteshift import restore
+    from liteshift.migrate import restore
 
     monkeypatch.setattr(restore, "MAX_ROW_KEYS", 10)  # more rows than this: the whole table
     db = _codes(tmp_path)
@@ -523,7 +523,7 @@ def test_the_key_capture_stays_out_of_the_way_of_schema_changes(config, tmp_path
 
 
 def _meaning(snap: dict[str, str]) -> dict[str, str]:
-    from liteshift.sql import same_sql_text
+    from liteshift.core.sql import same_sql_text
 
     return {k: same_sql_text(v) if k.startswith("schema:") else v for k, v in snap.items()}
 
@@ -653,14 +653,14 @@ def _kept(db: Path) -> list[str]:
 
 
 def test_a_revert_window_stays_open_until_it_is_over_or_finished(make_db, config, tmp_path: Path) -> None:
-    from liteshift import rebuild
+    from liteshift.rebuild import online
     from liteshift.tasks.rollback import finish_undo
 
     db = make_db()
     _apply(db, config, tmp_path, "online-rebuild")  # a 24 h window
     kept = _kept(db)
     assert [k for k in kept if k.startswith("liteshift_new_")] and [k for k in kept if "capture" in k]
-    assert rebuild.finish_leftovers(str(db), 5000) == []  # a run with nothing to do keeps it
+    assert online.finish_leftovers(str(db), 5000) == []  # a run with nothing to do keeps it
     assert _kept(db) == kept
     message = finish_undo(db)
     assert message.startswith("ended the revert window of billing_rates: its old copy is dropped (undo-001:")
@@ -670,12 +670,12 @@ def test_a_revert_window_stays_open_until_it_is_over_or_finished(make_db, config
 
 
 def test_an_expired_revert_window_is_ended_by_the_next_run(make_db, config, tmp_path: Path) -> None:
-    from liteshift import rebuild
+    from liteshift.rebuild import online
 
     db = make_db()
     d, _ = _apply(db, config, tmp_path, "online-rebuild", window_h=1e-9)  # over at once
     assert _kept(db) != []
-    done = rebuild.finish_leftovers(str(db), 5000)
+    done = online.finish_leftovers(str(db), 5000)
     assert done[0].startswith("ended the revert window of billing_rates") and _kept(db) == []
     r = rollback_database(db, d)  # still undone, by a rebuild back from scratch
     assert r.action == "derived-down" and tracked_versions(db) == []

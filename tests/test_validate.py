@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import migrations_dir, snapshot
 
-from liteshift.errors import BadInput, ChecksumDrift, DatabaseLocked
+from liteshift.core.errors import BadInput, ChecksumDrift, DatabaseLocked
 from liteshift.tasks.validate import validate_database
 
 

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from liteshift.errors import CheckFailed
-from liteshift.indexes import index_definition
+from liteshift.core.errors import CheckFailed
+from liteshift.core.indexes import index_definition
 from liteshift.tasks.integrity import check_integrity
 from liteshift.tasks.migrate import apply_migrations
 from liteshift.tasks.validate import validate_database

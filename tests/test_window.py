@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from liteshift.window import (
+from liteshift.core.window import (
     OutsideWindow,
     WindowInvalid,
     WindowTooShort,

@@ -25,12 +25,12 @@ from helpers import index_names, snapshot, tracked_versions, user_snapshot
 from rest import api
 from stack import ROOT, Stack, down, up
 
-from liteshift import lock
-from liteshift.db import connection
+from liteshift.core import lock
+from liteshift.core.db import connection
+from liteshift.core.names import db_key
 from liteshift.demo import build_demo_db
 from liteshift.flows.concurrency import limit_name
 from liteshift.flows.runtime import free_port
-from liteshift.report import db_key
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -253,7 +253,7 @@ def test_approval_gate_pauses_with_the_plan_then_obeys_the_answer(stack: Stack, 
 def test_second_holder_of_a_databases_limit_is_refused(stack: Stack, workdir: Path) -> None:
     db = build_demo_db(workdir / "limited.db", 100)
     hold = (  # as the flow does: the database's slot, then its own lock
-        "import sys, time; from pathlib import Path; from liteshift import lock\n"
+        "import sys, time; from pathlib import Path; from liteshift.core import lock\n"
         "from liteshift.flows.concurrency import one_run_per_database\n"
         "with one_run_per_database(Path(sys.argv[1]), 5), lock.held(Path(sys.argv[1])):\n"
         "    print('held', flush=True); time.sleep(8)\n"

@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 from test_archive import Writer, assert_writes_kept
 
-from liteshift.archive import PROGRESS, archive_rows
+from liteshift.archive.move import PROGRESS, archive_rows
+from liteshift.core.faults import POINTS as ALL_POINTS
 from liteshift.demo import build_demo_db
-from liteshift.faults import POINTS as ALL_POINTS
 
 ROWS = 6000
 CUTOFF = "2024-07-01"  # a quarter of the rows: about 1,500, in 8 batches of 200
 BATCH = 200
 RUN = (
-    "import sys; from pathlib import Path; from liteshift.archive import archive_rows; "
+    "import sys; from pathlib import Path; from liteshift.archive.move import archive_rows; "
     "archive_rows(Path(sys.argv[1]), Path(sys.argv[2]), 'worklogs', 'started', sys.argv[3], "
     "batch_rows=int(sys.argv[4]))"
 )

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from checks import MIG_001, snapshot, user_content
 
-from liteshift import lock
-from liteshift.config import RunConfig
-from liteshift.errors import BadInput, ChecksumDrift, DatabaseLocked, RollbackRefused
+from liteshift.core import lock
+from liteshift.core.config import RunConfig
+from liteshift.core.errors import BadInput, ChecksumDrift, DatabaseLocked, RollbackRefused
 from liteshift.tasks.backup import backup_database
 from liteshift.tasks.migrate import apply_migrations
 from liteshift.tasks.rollback import rollback_database

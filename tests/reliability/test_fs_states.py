@@ -10,7 +10,7 @@ from pathlib import Path
 
 from checks import MIG_001, applied_versions, integrity, snapshot, user_content
 
-from liteshift.config import RunConfig
+from liteshift.core.config import RunConfig
 from liteshift.tasks.backup import backup_database
 from liteshift.tasks.migrate import apply_migrations
 from liteshift.tasks.validate import validate_database

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from checks import DEFAULT_MIGRATIONS_DIR, snapshot
 
-from liteshift import guard
-from liteshift.config import RunConfig
-from liteshift.errors import BadInput
+from liteshift.core import guard
+from liteshift.core.config import RunConfig
+from liteshift.core.errors import BadInput
 from liteshift.tasks.backup import backup_database
 from liteshift.tasks.integrity import check_integrity
 from liteshift.tasks.migrate import apply_migrations
@@ -159,7 +159,7 @@ def test_hostile_identifiers_are_quoted_in_every_step(tmp_path, make_migrations)
     cfg = RunConfig(database=db, migrations_dir=mig_dir)
     v = validate_database(cfg)
     assert v.touched_tables == [WEIRD_TABLE]
-    from liteshift.migrations import load_migrations
+    from liteshift.core.migrations import load_migrations
 
     queries = [q for m in load_migrations(mig_dir) for q in m.queries]
     b = backup_database(cfg)

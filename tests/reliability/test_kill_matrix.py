@@ -27,7 +27,7 @@ from checks import (
     user_content,
 )
 
-from liteshift.faults import POINTS
+from liteshift.core.faults import POINTS
 
 ROWS = 20_000
 FAST = {"backup-copying", "migrate-between-statements", "migrate-after-commit"}

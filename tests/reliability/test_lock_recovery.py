@@ -11,7 +11,7 @@ import time
 
 from checks import lock_row
 
-from liteshift import lock
+from liteshift.core import lock
 
 
 def _plant(db, pid, heartbeat=None):

@@ -21,8 +21,8 @@ import pytest
 from checks import applied_versions, integrity, json_summary
 from helpers import WriterProcess
 
+from liteshift.core.faults import POINTS
 from liteshift.demo import build_demo_db
-from liteshift.faults import POINTS
 
 ROWS = 20_000  # the copy's throttle starts at 2,000 rows a batch: several batches
 FAST = {"rebuild-copy-batch", "rebuild-cutover-swapped", "migrate-after-commit"}

@@ -33,7 +33,7 @@ from test_rebuild_kill import (
 )
 from test_rebuild_kill import rebuild_template as demo_template  # noqa: F401  (the fixture)
 
-from liteshift.faults import POINTS
+from liteshift.core.faults import POINTS
 
 # One point in `make test` (it is near its 10-minute budget); all of them in `make reliability`.
 FAST = {("rebuild-reconcile", "24")}

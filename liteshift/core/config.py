@@ -1,0 +1,146 @@
+"""One validated model for a pipeline run's configuration, with documented defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from liteshift.core.errors import BadInput
+from liteshift.core.window import parse_window
+
+MIGRATIONS_ENV = "LITESHIFT_MIGRATIONS_DIR"
+REPORTS_ENV = "LITESHIFT_REPORT_DIR"
+# The demo's own migration ships inside the package, so `liteshift demo` works from anywhere.
+DEMO_MIGRATIONS_DIR = Path(__file__).parent.parent / "demo_migrations"
+# Below this many rows, a whole online rebuild takes less than a blocking CREATE INDEX.
+ONLINE_MIN_ROWS = 100_000
+
+
+def default_migrations_dir() -> Path:
+    """Where the user stands, like dbmate: $LITESHIFT_MIGRATIONS_DIR, else ./migrations."""
+    return Path(os.environ.get(MIGRATIONS_ENV) or "migrations")
+
+
+def default_report_dir() -> Path:
+    """$LITESHIFT_REPORT_DIR, else ./reports (relative to the working directory)."""
+    return Path(os.environ.get(REPORTS_ENV) or "reports")
+
+
+class RunConfig(BaseModel):
+    """Everything a run of the `migrate-database` flow can be told."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database: Path = Field(description="The SQLite file to migrate.")
+    migrations_dir: Path = Field(
+        default_factory=default_migrations_dir,
+        description=f"Where NNN_slug.sql live; default ${MIGRATIONS_ENV}, else ./migrations.",
+    )
+    backup_dir: Path | None = Field(None, description="Backups go here; default: beside the database.")
+    report_dir: Path = Field(
+        default_factory=default_report_dir,
+        description=f"Execution reports (markdown and JSON); default ${REPORTS_ENV}, else ./reports.",
+    )
+    integrity: Literal["quick", "full"] = Field(
+        "quick", description="Pre-flight check: quick_check (default) or the full integrity_check."
+    )
+    disk_factor: float = Field(
+        2.0, gt=0, description="Free space required, as a multiple of the database size."
+    )
+    busy_timeout_ms: int = Field(5000, ge=0, description="How long to wait for a lock, in ms.")
+    retries: int = Field(3, ge=0, description="Retries of a safe step on a locked database.")
+    retry_delay_s: float = Field(2.0, ge=0, description="First retry delay in seconds; doubles each time.")
+    plan_check: Literal["fail", "warn"] = Field(
+        "fail", description="When a declared query does not use its expected index."
+    )
+    bench_min_runs: int = Field(7, ge=1, description="Fewest timed runs of each declared query.")
+    bench_max_runs: int = Field(200, ge=1, description="Most timed runs of each declared query.")
+    bench_budget_s: float = Field(
+        1.0,
+        ge=0,
+        description="Most seconds spent timing each declared query once min runs are done (before on "
+        "the backup and after on the database, interleaved); it stops sooner once both medians settle.",
+    )
+    rebuild_mode: Literal["auto", "online", "blocking"] = Field(
+        "auto",
+        description="Table rebuilds: online (shadow table, batched copy, short cut-over), blocking "
+        f"(one transaction), or auto: online from {ONLINE_MIN_ROWS:,} rows when each row keeps its key.",
+    )
+    revert_window_h: float = Field(
+        24.0,
+        ge=0,
+        description="Hours an online rebuild keeps its old copy, fed with every write, so that a rollback "
+        "only replays what changed and cuts over again; 0: drop it at once. Ended early by "
+        "'liteshift rollback --finish' or by the next migration.",
+    )
+    maintenance_window: str | None = Field(
+        None,
+        description="Refuse to write outside this window, e.g. 'Sun 01:00-05:00 Europe/Berlin'; "
+        "None: any time.",
+    )
+    require_approval: bool = Field(
+        False, description="Pause after validation with the dry-run plan until a person approves."
+    )
+    approval_timeout_s: int = Field(3600, gt=0, description="Seconds a paused run waits for an answer.")
+    queue_timeout_s: float = Field(
+        600.0, ge=0, description="Seconds to wait while another run migrates the same database."
+    )
+    expected_host: str | None = Field(
+        None,
+        description="Refuse before opening the database unless the run executes on this host "
+        "($LITESHIFT_HOST_ID of its worker, else the machine's host name); migrate-fleet sets it.",
+    )
+
+    @field_validator("database", "migrations_dir", "report_dir", "backup_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(value).expanduser()
+
+    @field_validator("maintenance_window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value:
+            parse_window(value)  # a bad window fails here, before anything runs
+        return value or None
+
+    @property
+    def backup_directory(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.database.parent
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, Any]) -> RunConfig:
+        """Validate flat parameters (None: the default) or raise BadInput naming the field."""
+        try:
+            return cls(**{k: v for k, v in params.items() if v is not None})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise BadInput(
+                f"Invalid parameter {field}",
+                first["msg"],
+                "see 'liteshift run --help' for the accepted values",
+            ) from None
+
+    def flow_parameters(self) -> dict[str, Any]:
+        """The flat, JSON-safe parameters of the migrate-database flow for this config."""
+        return self.model_dump(mode="json")
+
+
+# The command-line option of each field, where it is not "--" + the field name with dashes.
+CLI_FLAGS = {
+    "migrations_dir": "--migrations",
+    "busy_timeout_ms": "--busy-timeout",
+    "retry_delay_s": "--retry-delay",
+    "bench_budget_s": "--bench-budget",
+    "approval_timeout_s": "--approval-timeout",
+    "queue_timeout_s": "--queue-timeout",
+    "revert_window_h": "--revert-window",
+}
+
+
+def cli_flag(field: str) -> str:
+    """The `liteshift run` option that sets a RunConfig field."""
+    return CLI_FLAGS.get(field, "--" + field.replace("_", "-"))

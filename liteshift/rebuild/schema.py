@@ -1,0 +1,200 @@
+"""What a rebuild makes: its object names, the copy plan, its statistics, blocking or online."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import asdict, dataclass
+
+from liteshift.core.config import ONLINE_MIN_ROWS
+from liteshift.core.errors import BadInput
+from liteshift.core.migrations import Rebuild
+from liteshift.core.sql import failure_detail, quote_ident
+from liteshift.core.tables import Table, describe, read_table
+
+STATE_TABLE = "liteshift_rebuilds"
+
+
+STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
+    id TEXT PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    target_sql TEXT NOT NULL,
+    source_sql TEXT NOT NULL,
+    position TEXT,
+    started_at REAL NOT NULL
+)"""
+
+
+def names(table: str) -> dict[str, str]:
+    """liteshift's own objects for a rebuild of `table`: short, fixed and free of quoting trouble."""
+    tag = hashlib.sha256(table.lower().encode()).hexdigest()[:8]
+    return {
+        "shadow": f"liteshift_new_{tag}",
+        "changes": f"liteshift_changes_{tag}",
+        "old": f"liteshift_old_{tag}",
+        "trigger": f"liteshift_capture_{tag}",
+        "parents": f"liteshift_parents_{tag}",
+        "index": f"liteshift_ix_{tag}",
+        "id": tag,
+    }
+
+
+@dataclass(frozen=True)
+class Copy:
+    """How rows go from the old table to the new one."""
+
+    targets: tuple[str, ...]  # the new table's columns to insert (rowid first when carried)
+    sources: tuple[str, ...]  # the SQL expression for each, over the old row
+    shadow_key: (
+        tuple[str, ...] | None
+    )  # the new table's columns equal to the old key; None: online impossible
+    dropped: tuple[str, ...]  # old columns the new definition does not have
+    target: Table  # the new definition, read from an empty copy
+
+    def select(self, source: Table, where: str = "") -> str:
+        return (
+            f"SELECT {', '.join(self.sources)} FROM {quote_ident(source.name)}{where} "
+            f"ORDER BY {', '.join(quote_ident(k) for k in source.key)}"
+        )
+
+    def insert(self, into: str, source: Table, where: str = "") -> str:
+        cols = ", ".join(quote_ident(c) for c in self.targets)
+        return f"INSERT INTO {quote_ident(into)} ({cols}) {self.select(source, where)}"
+
+
+def plan_copy(source: Table, spec: Rebuild) -> Copy:
+    """Map the new definition's columns to expressions over the old row; BadInput on a bad mapping."""
+    target = _target(spec)
+    by_lower = {c.lower(): c for c in source.columns}
+    exprs = {k.lower(): (k, v) for k, v in spec.expressions.items()}
+    generated = {c.lower() for c in target.columns} - {c.lower() for c in target.stored}
+    for low, (col, _) in exprs.items():
+        if low not in {c.lower() for c in target.columns}:
+            raise BadInput(
+                f"Rebuild of {source.name}: '-- migrate:columns' names {col!r}",
+                "the new definition has no such column",
+                "name a column of the target CREATE TABLE",
+            )
+        if low in generated:
+            raise BadInput(
+                f"Rebuild of {source.name}: column {col!r} is generated",
+                "SQLite computes a generated column; it cannot be given a value",
+                "remove its line from '-- migrate:columns'",
+            )
+    targets: list[str] = []
+    sources: list[str] = []
+    if not source.without_rowid and not target.without_rowid and target.ipk is None:
+        targets.append("rowid")  # a rowid table keeps its rowids: VACUUM-style renumbering loses links
+        sources.append(quote_ident(source.key[0]))
+    for col in target.stored:
+        if col.lower() in exprs:
+            targets.append(col)
+            sources.append(f"({exprs[col.lower()][1]})")
+        elif col.lower() in by_lower:
+            targets.append(col)
+            sources.append(quote_ident(by_lower[col.lower()]))
+    kept = {t.lower() for t in targets}
+    dropped = tuple(c for c in source.stored if c.lower() not in {x.lower() for x in target.columns})
+    return Copy(tuple(targets), tuple(sources), _shadow_key(source, target, exprs, kept), dropped, target)
+
+
+def _target(spec: Rebuild) -> Table:
+    mem = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        mem.execute(spec.create_sql)
+        name = mem.execute("SELECT name FROM sqlite_schema WHERE type = 'table'").fetchone()[0]
+        return describe(mem, name, spec.create_sql)
+    except sqlite3.Error as exc:
+        raise BadInput(
+            f"The target definition of {spec.table} is not valid SQL",
+            failure_detail(exc, spec.create_sql),
+            "fix the CREATE TABLE under '-- migrate:rebuild'",
+        ) from exc
+    finally:
+        mem.close()
+
+
+def _shadow_key(
+    source: Table, target: Table, exprs: dict[str, tuple[str, str]], kept: set[str]
+) -> tuple[str, ...] | None:
+    """The new table's columns that equal the old key, when every row keeps its key unchanged."""
+    if not source.without_rowid and not target.without_rowid:
+        if target.ipk is None:
+            return ("rowid",)
+        same = source.ipk is not None and source.ipk.lower() == target.ipk.lower()
+        return ("rowid",) if same and target.ipk.lower() not in exprs else None
+    if source.without_rowid and target.without_rowid:
+        if [k.lower() for k in source.key] != [k.lower() for k in target.key]:
+            return None
+        if any(k.lower() in exprs or k.lower() not in kept for k in source.key):
+            return None
+        return target.key
+    return None
+
+
+@dataclass
+class RebuildStats:
+    """What one rebuild did: for the report."""
+
+    table: str
+    mode: str
+    rows: int = 0
+    batches: int = 0
+    backlog_at_cutover: int = 0
+    cutover_seconds: float = 0.0
+    copy_seconds: float = 0.0
+    longest_txn_seconds: float = 0.0
+    reconciled: int = 0
+    retained: bool = False  # the old copy is kept, fed, for a revert (REVERT_PREFIX state)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def merge_copy_stats(copied: list[RebuildStats], applied: list[RebuildStats]) -> list[RebuildStats]:
+    """The migrate step's figures with the earlier copy step's rows, batches and times added."""
+    by_table = {c.table: c for c in copied}
+    for a in applied:
+        c = by_table.get(a.table)
+        if c is not None and a.mode == "online":
+            a.rows += c.rows
+            a.batches += c.batches
+            a.copy_seconds += c.copy_seconds
+            a.reconciled += c.reconciled
+            a.longest_txn_seconds = max(a.longest_txn_seconds, c.longest_txn_seconds)
+    return applied
+
+
+def choose_mode(con: sqlite3.Connection, spec: Rebuild, requested: str) -> str:
+    """online or blocking: as requested, else online for a large table whose rows keep their keys."""
+    if requested in ("online", "blocking"):
+        return requested
+    source = read_table(con, spec.table)
+    if plan_copy(source, spec).shadow_key is None:
+        return "blocking"
+    rows = con.execute(f"SELECT count(*) FROM {quote_ident(source.name)}").fetchone()[0]
+    return "online" if rows >= ONLINE_MIN_ROWS else "blocking"
+
+
+def drop_online_objects(con: sqlite3.Connection, table: str) -> None:
+    """Remove a rebuild's capture triggers, key table, shadow and state row (inside a transaction)."""
+    n = names(table)
+    for name in capture_triggers(con, n):
+        con.execute(f"DROP TRIGGER {name}")
+    con.execute(f"DROP TABLE IF EXISTS {n['changes']}")
+    con.execute(f"DROP TABLE IF EXISTS {n['parents']}")
+    con.execute(f"DROP TABLE IF EXISTS {n['shadow']}")  # its temporary indexes go with it
+    if con.execute(f"SELECT 1 FROM sqlite_schema WHERE name = '{STATE_TABLE}'").fetchone():
+        con.execute(
+            f"DELETE FROM {STATE_TABLE} WHERE table_name = ? COLLATE NOCASE AND phase != 'drop-old'", (table,)
+        )
+
+
+def capture_triggers(con: sqlite3.Connection, n: dict[str, str]) -> list[str]:
+    prefix = n["trigger"] + "_"
+    rows = con.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+        (len(prefix), prefix),
+    )
+    return [r[0] for r in rows]
