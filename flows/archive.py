@@ -16,7 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from liteshift.archive import move as archive
+from liteshift.archive.move import ArchiveResult, plan_archive
+from liteshift.archive.move import archive_rows as move_rows
 from liteshift.core import guard, lock
 from liteshift.core.errors import BadInput
 from liteshift.core.names import db_key
@@ -60,14 +61,14 @@ def window_deadline(text: str | None, now: datetime) -> float | None:
     return closing(text, now).timestamp() if text else None
 
 
-move = task(name="archive-batches", cache_policy=NO_CACHE)(archive.archive_rows)
-plan = task(name="plan-archive", cache_policy=NO_CACHE)(archive.plan_archive)
+move = task(name="archive-batches", cache_policy=NO_CACHE)(move_rows)
+plan = task(name="plan-archive", cache_policy=NO_CACHE)(plan_archive)
 
 
 @flow(name="archive-rows", flow_run_name=_run_name, log_prints=False)
 def archive_rows(
     database: str,
-    archive_path: str,
+    archive: str,
     table: str,
     column: str,
     before: str | None = None,
@@ -75,8 +76,8 @@ def archive_rows(
     maintenance_window: str | None = None,
     busy_timeout_ms: int = 5000,
     budget_s: float = 0.005,
-) -> archive.ArchiveResult:
-    """Move the rows with column < cutoff into archive_path; stop at the window's end."""
+) -> ArchiveResult:
+    """Move the rows with column < cutoff into archive; stop at the window's end."""
     db = Path(database)
     if (before is None) == (older_than is None):
         raise BadInput(
@@ -87,7 +88,7 @@ def archive_rows(
     if is_deployment_run():  # both files are written
         roots = guard.allowed_roots()
         guard.require_under(db, "database", roots)
-        guard.require_under(archive_path, "archive", roots)
+        guard.require_under(archive, "archive", roots)
     tag_run(db)
     deadline = window_deadline(maintenance_window, now)
     planned = plan(db, table, column, value)
@@ -95,7 +96,7 @@ def archive_rows(
     with one_run_per_database(db, 600.0, busy_timeout_ms), lock.held(db, busy_timeout_ms):
         result = move(
             db,
-            Path(archive_path),
+            Path(archive),
             table,
             column,
             value,
@@ -110,7 +111,7 @@ def archive_rows(
     return result
 
 
-def render(r: archive.ArchiveResult) -> str:
+def render(r: ArchiveResult) -> str:
     """The archiving run as markdown."""
     state = "stopped at the window's end (the next run resumes)" if r.stopped_early else "done"
     return (

@@ -20,11 +20,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from liteshift.core import lock
 from liteshift.core.db import connection
-from liteshift.core.errors import BadInput
+from liteshift.core.errors import BadInput, ErrorOutcome
 from liteshift.core.names import slug
 
 PREFIX = "liteshift-db-"
@@ -35,6 +35,8 @@ GRACE_S = 5.0  # beyond the busy timeout: what a live run needs between its slot
 
 class DatabaseBusy(BadInput):
     """Another Prefect run held this database's concurrency slot past the queue timeout."""
+
+    outcome: ClassVar[ErrorOutcome] = "deferred"
 
 
 def limit_name(database: Path) -> str:

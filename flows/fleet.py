@@ -34,6 +34,7 @@ from prefect.states import Cancelled
 from liteshift.core import guard
 from liteshift.core.config import default_migrations_dir, default_report_dir
 from liteshift.core.errors import BadInput, MigrationError
+from liteshift.fleet.config import CHILD_DEPLOYMENT
 from liteshift.fleet.manifest import Host, Manifest, Target, glob_paths, inventory, load_manifest
 from liteshift.fleet.outcomes import (
     NEED_A_PERSON,
@@ -45,9 +46,13 @@ from liteshift.fleet.outcomes import (
     unfinished,
 )
 from liteshift.fleet.rollout import Plan, make_plan, read_plan, write_plan
-from liteshift.flows.approval import ask_approval
 
-CHILD_DEPLOYMENT = "migrate-database/fleet"
+# A child's exception is classified by its class's outcome (outcomes.error_family): every module
+# that defines a member of the error family is imported by now (tests/test_fleet.py checks it).
+from liteshift.flows import concurrency  # noqa: F401
+from liteshift.flows.approval import ask_approval
+from liteshift.tasks import dry_run, rollback  # noqa: F401
+
 INVENTORY_DEPLOYMENT = "fleet-inventory/host"
 LIVE_WORKER_S = 120.0  # a queue whose last poll is older has no live worker
 POLL_S = 2.0
@@ -94,8 +99,8 @@ def migrate_fleet(
     max_failure_rate: float | None = None,
     approve_after_canary: bool = False,
     approval_timeout_s: int = 3600,
-    child_timeout_s: float = 1800.0,
-    max_running_per_host: int = 4,
+    pending_timeout_s: float = 1800.0,
+    max_parallel: int = 4,
     retry_failed: bool = False,
     plan_dir: str | None = None,
     deployment: str = CHILD_DEPLOYMENT,
@@ -114,7 +119,7 @@ def migrate_fleet(
         max_failures,
         max_failure_rate,
         plan_dir,
-        child_timeout_s,
+        pending_timeout_s,
     )
     check_queues(sorted({t.queue for t in plan.targets}))
     children = adopt(plan)
@@ -124,7 +129,7 @@ def migrate_fleet(
             plan,
             children,
             keys,
-            Limits(max_running_per_host, child_timeout_s),
+            Limits(max_parallel, pending_timeout_s),
             board,
             deployment,
             parameters or {},

@@ -17,7 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from liteshift.core.config import DEMO_MIGRATIONS_DIR, RunConfig, cli_flag
+from liteshift.archive.config import ArchiveConfig
+from liteshift.core.config import (
+    DEMO_MIGRATIONS_DIR,
+    FlowParams,
+    RunConfig,
+    default_migrations_dir,
+    default_report_dir,
+    option_name,
+)
 from liteshift.core.errors import (
     EXIT_BAD_INPUT,
     EXIT_CRITICAL,
@@ -29,13 +37,25 @@ from liteshift.core.errors import (
 )
 
 if typing.TYPE_CHECKING:
+    from liteshift.archive.move import ArchiveResult
+    from liteshift.health.maintenance import Maintenance
     from liteshift.migrate.status import Status
     from liteshift.tasks.report import RunReport
 
+from liteshift.fleet.config import FleetConfig
+from liteshift.health.config import HealthConfig, MaintainConfig
+
 T = TypeVar("T")
+M = TypeVar("M")
+P = TypeVar("P", bound=FlowParams)
 DEMO_DB = Path("data/worklog_storage.db")
 # The RunConfig fields that plan, status and rollback also take.
 LOCATION = ("database", "migrations_dir", "busy_timeout_ms")
+# `liteshift health` measures without Prefect: the flow's fields that concern one measurement.
+HEALTH_OPTIONS = ("database", "migrations_dir", "report_dir", "thresholds", "quick_check")
+# A repair's thresholds come from the health check that schedules it, not from a person.
+MAINTAIN_OPTIONS = tuple(f for f in MaintainConfig.model_fields if f != "thresholds")
+FLEET_OPTIONS = tuple(FleetConfig.model_fields)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,19 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="apply the pending migrations to a database")
-    add_config_options(run, RunConfig.model_fields)
+    add_options(run, RunConfig, RunConfig.model_fields)
     run.set_defaults(func=cmd_run)
 
     plan = sub.add_parser("plan", help="dry run: rehearse the pending migrations on a copy")
-    add_config_options(plan, (*LOCATION, "backup_dir"))
+    add_options(plan, RunConfig, (*LOCATION, "backup_dir"))
     plan.set_defaults(func=cmd_plan)
 
     status = sub.add_parser("status", help="applied and pending migrations, and checksum drift")
-    add_config_options(status, LOCATION)
+    add_options(status, RunConfig, LOCATION)
     status.set_defaults(func=cmd_status)
 
     rollback = sub.add_parser("rollback", help="undo the last applied batch of migrations")
-    add_config_options(rollback, (*LOCATION, "rebuild_mode"))
+    add_options(rollback, RunConfig, (*LOCATION, "rebuild_mode"))
     rollback.add_argument("--backup", help="backup to restore when a migration has no down")
     rollback.add_argument(
         "--finish",
@@ -91,111 +111,82 @@ def _parser() -> argparse.ArgumentParser:
     health = sub.add_parser(
         "health", help="measure a database's health, read-only; exit 3 on warnings, 4 on critical"
     )
-    add_config_options(health, ("database", "migrations_dir", "report_dir"))
-    health.add_argument("--quick-check", action="store_true", help="also run PRAGMA quick_check")
-    health.add_argument(
-        "--threshold",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a threshold (see docs/MONITORING.md), repeatable",
-    )
+    add_options(health, HealthConfig, HEALTH_OPTIONS)
     health.set_defaults(func=cmd_health)
 
     maintain = sub.add_parser(
         "maintain", help="one repair (analyze, reindex, vacuum), backed up and verified"
     )
-    add_config_options(maintain, (*LOCATION, "backup_dir", "report_dir"))
-    maintain.add_argument("--action", required=True, choices=["analyze", "reindex", "vacuum"])
-    maintain.add_argument("--object", action="append", default=[], help="table or index (repeatable)")
-    maintain.add_argument(
-        "--approve-vacuum", action="store_true", help="allow a full VACUUM (blocks writers)"
-    )
-    maintain.add_argument("--maintenance-window", help="refuse outside it, or when the run would outlast it")
+    add_options(maintain, MaintainConfig, MAINTAIN_OPTIONS)
     maintain.set_defaults(func=cmd_maintain)
 
     archive = sub.add_parser("archive", help="move rows older than a cutoff into an archive file")
-    add_config_options(archive, ("database", "busy_timeout_ms"))
-    archive.add_argument("--archive", required=True, type=Path, help="the archive SQLite file")
-    archive.add_argument("--table", required=True)
-    archive.add_argument("--column", required=True, help="the column compared with the cutoff")
-    cut = archive.add_mutually_exclusive_group(required=True)
-    cut.add_argument("--before", help="move rows whose column is < this value")
-    cut.add_argument("--older-than", help="a cutoff relative to today: '18 months', '90 days'")
-    archive.add_argument("--maintenance-window", help="refuse outside it; stop when it closes")
+    add_options(archive, ArchiveConfig, ArchiveConfig.model_fields, one_of=("before", "older_than"))
     archive.set_defaults(func=cmd_archive)
 
     fl = sub.add_parser("fleet", help="one migration over many databases on several hosts (a Prefect server)")
     fl.add_argument("action", choices=["plan", "run", "status"])
-    fl.add_argument("--manifest", required=True, type=Path, help="TOML: one [hosts.NAME] table per host")
-    fl.add_argument("--fleet-id", required=True, help="names the plan file and tags every child run")
-    fl.add_argument("--canary", default="1", help="a count, or comma-separated host:path keys (default 1)")
-    fl.add_argument("--waves", default="100%", help="cumulative shares after the canary, e.g. 5%%,25%%,100%%")
-    fl.add_argument("--max-failures", type=int, help="halt the waves when this many databases failed")
-    fl.add_argument(
-        "--max-failure-rate", type=float, help="halt when this share (0-1) of finished ones failed"
-    )
-    fl.add_argument(
-        "--migrations", dest="migrations_dir", help="migrations directory (default: manifest, env)"
-    )
-    fl.add_argument("--plan-dir", type=Path, help="where fleet-ID.json goes (default: the report directory)")
-    fl.add_argument("--approve-after-canary", action="store_true", help="pause for a person after the canary")
-    fl.add_argument(
-        "--pending-timeout",
-        type=float,
-        default=1800.0,
-        help="cancel a run still waiting for its worker after this many seconds (unreached; default 1800)",
-    )
-    fl.add_argument(
-        "--max-parallel", type=int, default=4, help="runs started and not finished per host (default 4)"
-    )
-    fl.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="on a resume, start the refused and failed databases again too (after you fixed them)",
-    )
-    fl.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a migrate-database parameter for every database (JSON value or text), repeatable",
-    )
-    fl.add_argument("--json", action="store_true", help="print one JSON object")
+    add_options(fl, FleetConfig, FLEET_OPTIONS)
     fl.set_defaults(func=cmd_fleet)
     return p
 
 
-def add_config_options(p: argparse.ArgumentParser, fields: typing.Iterable[str]) -> None:
-    """One option per RunConfig field, typed, with the field's description and default as help."""
+def add_options(
+    p: argparse.ArgumentParser,
+    model: type[FlowParams],
+    fields: typing.Iterable[str],
+    one_of: tuple[str, ...] = (),
+) -> None:
+    """One option per field of a flow's model, named by option_name(), typed, its description and
+    default as help; a field without a default is required. `one_of`: exactly one of these."""
+    group = p.add_mutually_exclusive_group(required=True) if one_of else None
     for name in fields:
-        info = RunConfig.model_fields[name]
+        info = model.model_fields[name]
         kind, choices = _option_type(info.annotation)
         default = info.get_default(call_default_factory=True)
-        shown = "" if default is None or name == "database" else f" (default {default})"
-        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": f"{info.description}{shown}"}
+        quiet = info.is_required() or default in (None, False, [], {}) or name == "database"
+        shown = "" if quiet else f" (default {default})"
+        text = f"{info.description}{shown}".replace("%", "%%")  # argparse formats help with %
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": text}
         if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["action"] = argparse.BooleanOptionalAction if model.negatable else "store_true"
+        elif kind in (list, dict):  # repeatable; a dict as NAME=VALUE pairs
+            shape = "NAME=VALUE" if kind is dict else option_name(name).lstrip("-").upper()
+            kwargs.update(action="append", metavar=shape)
         else:
-            metavar = None if choices else cli_flag(name).lstrip("-").replace("-", "_").upper()
+            metavar = None if choices else option_name(name).lstrip("-").replace("-", "_").upper()
             kwargs.update(type=kind, choices=choices, metavar=metavar)
-        p.add_argument(cli_flag(name), required=name == "database", **kwargs)
+        if name in one_of and group is not None:
+            group.add_argument(option_name(name), **kwargs)
+        else:
+            p.add_argument(option_name(name), required=info.is_required(), **kwargs)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _option_type(annotation: Any) -> tuple[type, list[str] | None]:
-    """The argparse type (and choices) of a field: Optional stripped, a Literal as choices."""
+    """The argparse type (and choices) of a field: Optional stripped, a Literal as choices, a
+    union of a count and a list read as text."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return _option_type(args[0])
+        return _option_type(args[0]) if len(args) == 1 else (str, None)
     if typing.get_origin(annotation) is typing.Literal:
         return str, [str(a) for a in args]
+    if typing.get_origin(annotation) in (list, dict):
+        return typing.get_origin(annotation), None
     return annotation, None
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> RunConfig:
-    values = {k: v for k, v in vars(args).items() if k in RunConfig.model_fields}
-    return RunConfig.from_parameters({**values, **extra})
+    return _params(RunConfig, args, **extra)
+
+
+def _params(model: type[P], args: argparse.Namespace, **extra: Any) -> P:
+    """The model of a command from its parsed options (None: the field's default)."""
+    values = {k: v for k, v in vars(args).items() if k in model.model_fields}
+    for name, value in values.items():
+        if value is not None and _option_type(model.model_fields[name].annotation)[0] is dict:
+            values[name] = dict(_pair(text, option_name(name)) for text in value)
+    return model.from_parameters({**values, **extra})
 
 
 def _print_error(exc: MigrationError) -> None:
@@ -393,125 +384,119 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """Measure read-only and record the history; no Prefect, no events (the flow sends those)."""
-    from liteshift.health import measure, render, thresholds
     from liteshift.health.history import History, history_path
+    from liteshift.health.measure import measure
+    from liteshift.health.render import render_markdown
+    from liteshift.health.thresholds import Thresholds
 
-    cfg = _config(args)
-    limits = thresholds.Thresholds.from_parameters(dict(_pair(t) for t in args.threshold))
-    history = History(history_path(cfg.report_dir))
-    report = measure.measure(
+    cfg = _params(HealthConfig, args)
+    limits = Thresholds.from_parameters(cfg.thresholds or {})
+    report_dir = cfg.report_dir or default_report_dir()
+    history = History(history_path(report_dir))
+    report = measure(
         cfg.database,
-        migrations_dir=cfg.migrations_dir,
-        report_dir=cfg.report_dir,
+        migrations_dir=cfg.migrations_dir or default_migrations_dir(),
+        report_dir=report_dir,
         thresholds=limits,
         history=history,
-        quick_check=args.quick_check,
+        quick_check=bool(cfg.quick_check),
     )
     history.record(report)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
-        print(render.render_markdown(report), end="")
+        print(render_markdown(report), end="")
     severities = {f.severity for f in report.breaches()}
     return EXIT_CRITICAL if "critical" in severities else EXIT_WARNING if severities else EXIT_OK
 
 
-def _pair(text: str) -> tuple[str, str]:
+def _pair(text: str, option: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep:
-        raise BadInput(f"Invalid --threshold {text!r}", "it has no '='", "write it as NAME=VALUE")
+        raise BadInput(f"Invalid {option} {text!r}", "it has no '='", "write it as NAME=VALUE")
     return name.strip(), value.strip()
 
 
 def cmd_maintain(args: argparse.Namespace) -> int:
     """Run the database-maintenance flow for one action."""
-    cfg = _config(args)
-    params = {
-        "database": str(cfg.database),
-        "action": args.action,
-        "objects": args.object,
-        "approve_vacuum": args.approve_vacuum,
-        "maintenance_window": args.maintenance_window,
-        "migrations_dir": str(cfg.migrations_dir),
-        "backup_dir": None if cfg.backup_dir is None else str(cfg.backup_dir),
-        "report_dir": str(cfg.report_dir),
-        "busy_timeout_ms": cfg.busy_timeout_ms,
-    }
-    result = _in_flow("maintenance", "maintain_database", params)
-    _print_result(result, "maintenance", args.json)
+    cfg = _params(MaintainConfig, args)
+
+    def run() -> tuple[Maintenance, str]:
+        from liteshift.flows.maintenance import maintain_database, render
+
+        result = maintain_database(**cfg.flow_parameters())
+        return result, render(result)
+
+    result, text = _in_flow(cfg.database, run)
+    print(json.dumps(result.as_dict()) if args.json else text, end="\n" if args.json else "")
     return EXIT_OK if result.status == "completed" else EXIT_FAILED
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
     """Run the archive-rows flow."""
-    cfg = _config(args)
-    params = {
-        "database": str(cfg.database),
-        "archive_path": str(args.archive),
-        "table": args.table,
-        "column": args.column,
-        "before": args.before,
-        "older_than": args.older_than,
-        "maintenance_window": args.maintenance_window,
-        "busy_timeout_ms": cfg.busy_timeout_ms,
-    }
-    _print_result(_in_flow("archive", "archive_rows", params), "archive", args.json)
+    cfg = _params(ArchiveConfig, args)
+
+    def run() -> tuple[ArchiveResult, str]:
+        from liteshift.flows.archive import archive_rows, render
+
+        result = archive_rows(**cfg.flow_parameters())
+        return result, render(result)
+
+    result, text = _in_flow(cfg.database, run)
+    print(json.dumps(result.as_dict()) if args.json else text, end="\n" if args.json else "")
     return EXIT_OK
-
-
-def _print_result(result: Any, module: str, as_json: bool) -> None:
-    """A flow's result as one JSON object, or as the markdown its flow publishes."""
-    import importlib
-
-    if as_json:
-        print(json.dumps(result.as_dict()))
-    else:
-        print(importlib.import_module(f"liteshift.flows.{module}").render(result), end="")
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     """plan: write and show the plan; run: the migrate-fleet flow; status: each database's state."""
-    canary: int | list[str] = int(args.canary) if args.canary.isdigit() else args.canary.split(",")
-    params = {
-        "manifest": str(args.manifest),
-        "fleet_id": args.fleet_id,
-        "migrations_dir": args.migrations_dir,
-        "canary": canary,
-        "waves": args.waves,
-        "max_failures": args.max_failures,
-        "max_failure_rate": args.max_failure_rate,
-        "plan_dir": None if args.plan_dir is None else str(args.plan_dir),
-    }
+    canary = args.canary
+    if canary is not None:
+        canary = int(canary) if canary.isdigit() else canary.split(",")
+    cfg = _params(FleetConfig, args, canary=canary, parameters=_child_parameters(args.parameters))
     if args.action == "run":
-        params["approve_after_canary"] = args.approve_after_canary
-        params["max_running_per_host"] = args.max_parallel
-        params["child_timeout_s"] = args.pending_timeout
-        params["parameters"] = _child_parameters(args.param)
-        params["retry_failed"] = args.retry_failed
-        counts = _in_flow("fleet", "migrate_fleet", params)
+
+        def run() -> dict[str, int]:
+            from liteshift.flows.fleet import migrate_fleet
+
+            return migrate_fleet(**cfg.flow_parameters())
+
+        counts = _on_api(run)
         done = ", ".join(f"{v} {k}" for k, v in counts.items())
-        print(json.dumps(counts) if args.json else f"Fleet {args.fleet_id} done: {done}")
+        print(json.dumps(counts) if args.json else f"Fleet {cfg.fleet_id} done: {done}")
         from liteshift.fleet.outcomes import unfinished
 
-        left = unfinished(args.fleet_id, str(args.manifest), counts)
+        left = unfinished(cfg.fleet_id, str(cfg.manifest), counts)
         if left is not None:
             raise left
         return EXIT_OK
 
-    def show(fleet_flow: Any) -> str:
-        plan = fleet_flow.load_or_make_plan(**params | {"manifest": args.manifest})  # the flow's own names
+    def show() -> str:
+        from liteshift.flows import fleet as fleet_flow
+
+        plan = fleet_flow.load_or_make_plan(
+            cfg.manifest,
+            cfg.fleet_id,
+            None if cfg.migrations_dir is None else str(cfg.migrations_dir),
+            cfg.canary,
+            cfg.waves,
+            cfg.max_failures,
+            cfg.max_failure_rate,
+            None if cfg.plan_dir is None else str(cfg.plan_dir),
+        )
         children = fleet_flow.adopt(plan) if args.action == "status" else None
         return str(fleet_flow.describe(plan, children, args.json))
 
-    print(_on_api("fleet", show))
+    print(_on_api(show))
     return EXIT_OK
 
 
-def _child_parameters(pairs: list[str]) -> dict[str, Any]:
+def _child_parameters(pairs: list[str] | None) -> dict[str, Any] | None:
     """--param NAME=VALUE pairs, each checked against RunConfig (the child's parameters)."""
+    if not pairs:
+        return None
     values: dict[str, Any] = {}
     for text in pairs:
-        name, value = _pair(text)
+        name, value = _pair(text, "--param")
         try:
             values[name] = json.loads(value)
         except json.JSONDecodeError:
@@ -520,28 +505,27 @@ def _child_parameters(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-def _in_flow(module: str, name: str, params: dict[str, Any]) -> Any:
+def _in_flow(database: Path, call: Callable[[], T]) -> T:
     """Run one of liteshift's flows on the configured API (or an embedded one)."""
     from liteshift.core.db import check_is_sqlite_file
 
-    if "database" in params:  # one message, before Prefect starts, for a wrong path
-        check_is_sqlite_file(Path(params["database"]))
-    return _on_api(module, lambda flows: getattr(flows, name)(**params))
+    check_is_sqlite_file(database)  # one message, before Prefect starts, for a wrong path
+    return _on_api(call)
 
 
-def _on_api(module: str, call: Callable[[Any], T]) -> T:
-    """call(liteshift.flows.<module>) with Prefect pointed at the configured API (or an embedded
-    one, started while the module imports)."""
-    import importlib
-
+def _on_api(call: Callable[[], T]) -> T:
+    """call() with Prefect pointed at the configured API (or an embedded one). Prefect reads its
+    settings when imported, so it is imported only once the API is chosen, while an embedded one
+    boots; call() imports the flow it runs."""
     from liteshift.flows.runtime import command_settings, configure_prefect, connect_api
 
     configure_prefect()
     api = connect_api()
-    flows = importlib.import_module(f"liteshift.flows.{module}")
+    import prefect  # noqa: F401  (the slow import, overlapped with the API's start)
+
     api.wait()
     with command_settings(api):
-        return call(flows)
+        return call()
 
 
 if __name__ == "__main__":

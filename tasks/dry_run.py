@@ -12,11 +12,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from liteshift.core.config import RunConfig
 from liteshift.core.db import connection, copy_to_new_file, measure_sizes
-from liteshift.core.errors import BadInput, MigrationError
+from liteshift.core.errors import BadInput, ErrorOutcome, MigrationError
 from liteshift.core.migrations import Query, load_migrations
 from liteshift.core.plans import explain
 from liteshift.tasks.migrate import apply_migrations
@@ -25,6 +25,8 @@ from liteshift.tasks.validate import validate_database
 
 class DryRunFailed(BadInput):
     """The pending migrations fail on a copy of the database; the database was not written."""
+
+    outcome: ClassVar[ErrorOutcome] = "failed"
 
 
 @dataclass

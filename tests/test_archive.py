@@ -4,6 +4,7 @@ the database (and the archive) unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -98,7 +99,7 @@ def test_moves_exactly_the_rows_before_the_cutoff(tmp_path, make_db):
     assert result.verified and not result.stopped_early and result.key_conflicts == 0
     assert result.digest == _digest(list(archived.values()))  # order-independent, over all columns
     assert result.freed_bytes == 0  # auto_vacuum NONE: the pages stay free for reuse
-    assert 0 < result.longest_txn_seconds < 1.0 and result.batches == 1
+    assert result.longest_txn_seconds > 0 and result.batches == 1  # measured, never a bound here
     assert result.as_dict()["archive"] == str(arc)
     assert _read(db, "PRAGMA integrity_check") == [("ok",)] == _read(arc, "PRAGMA integrity_check")
 
@@ -738,10 +739,14 @@ def expected_rows(original: dict[int, tuple[Any, ...]], ops: list[list[Any]]) ->
 
 
 def assert_writes_kept(
-    db: Path, arc: Path, original: dict[int, tuple[Any, ...]], ops: list[list[Any]]
+    db: Path,
+    arc: Path,
+    original: dict[int, tuple[Any, ...]],
+    ops: list[list[Any]],
+    commented: frozenset[int] | set[int] = frozenset(),
 ) -> None:
     """Every row the application committed is in exactly one file, with its last value; rows it
-    never touched are unchanged."""
+    never touched are unchanged (`commented`: rows whose comment the test itself changed)."""
     live, archived = _keyed(db, "worklogs"), _keyed(arc, "worklogs")
     assert live.keys() & archived.keys() == set(), "rows in both files"
     both = {**live, **archived}
@@ -750,8 +755,24 @@ def assert_writes_kept(
     assert set(want) - set(both) == set(), "committed rows are missing"
     wrong = {k: ((both[k][6], both[k][7]), v) for k, v in want.items() if (both[k][6], both[k][7]) != v}
     assert wrong == {}, "rows differ from their last committed value (found, committed)"
-    touched = {rowid for _, rowid, _, _ in ops}
+    touched = {rowid for _, rowid, _, _ in ops} | commented
     assert [k for k in original if k not in touched and both[k] != original[k]] == []
+
+
+def _change_a_pending_row(db: Path, arc: Path) -> int:
+    """Change the comment (a column the writer never writes) of a row copied and not yet deleted."""
+    with contextlib.closing(sqlite3.connect(f"file:{arc}?mode=ro", uri=True)) as a:
+        (pending,) = a.execute(
+            "SELECT name FROM sqlite_schema WHERE name LIKE 'liteshift_archive_pending_%'"
+        ).fetchone()
+        keys = [k for (k,) in a.execute(f"SELECT k0 FROM {pending} ORDER BY k0")]
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None, timeout=10)) as live:
+        for key in keys:
+            if live.execute(
+                "UPDATE worklogs SET comment = 'changed after its copy' WHERE id = ?", (key,)
+            ).rowcount:
+                return int(key)
+    raise AssertionError(f"no pending row of {pending} is still in the live table")
 
 
 def test_a_concurrent_writer_loses_and_duplicates_nothing(tmp_path, monkeypatch):
@@ -759,10 +780,13 @@ def test_a_concurrent_writer_loses_and_duplicates_nothing(tmp_path, monkeypatch)
 
     db, arc = build_demo_db(tmp_path / "w.db", 20_000), tmp_path / "a.db"
     real = archive_module.faults.point
+    commented: set[int] = set()
 
     def slow(name: str) -> None:
         if name == "archive-copied":  # a slow machine: the writer gets between a copy and its delete
             time.sleep(0.005)
+            if len(commented) < 3:  # and, sure of it rather than by chance, one write of our own
+                commented.add(_change_a_pending_row(db, arc))
         real(name)
 
     monkeypatch.setattr(archive_module.faults, "point", slow)
@@ -776,13 +800,12 @@ def test_a_concurrent_writer_loses_and_duplicates_nothing(tmp_path, monkeypatch)
     finally:
         summary = writer.stop()
     assert summary is not None and summary["errors"] == 0
-    assert summary["commits"] / summary["seconds"] >= 200, summary
     assert first.deleted > 10_000 and first.batches > 150 and first.verified
-    assert first.kept_changed > 5  # the writer did change rows between their copy and their delete
+    assert len(commented) == 3 and first.kept_changed >= 3  # changed between their copy and delete
     ops = writer.ops()
-    assert_writes_kept(db, arc, original, ops)
+    assert_writes_kept(db, arc, original, ops, commented)
     second = archive_rows(db, arc, "worklogs", "started", cutoff)
     top_is_old = _read(db, "SELECT started < ? FROM worklogs ORDER BY id DESC LIMIT 1", (cutoff,)) == [(1,)]
     assert second.remaining == int(top_is_old) and second.verified  # the highest id stays
-    assert_writes_kept(db, arc, original, ops)
+    assert_writes_kept(db, arc, original, ops, commented)
     assert _read(db, "PRAGMA integrity_check") == [("ok",)] == _read(arc, "PRAGMA integrity_check")

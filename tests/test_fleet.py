@@ -20,20 +20,42 @@ from liteshift.fleet.manifest import (
     load_manifest,
 )
 from liteshift.fleet.outcomes import (
-    DEFERRED_ERRORS,
-    FAILED_ERRORS,
     MIN_FINISHED_FOR_RATE,
     OUTCOMES,
-    REFUSED_ERRORS,
     FleetIncomplete,
     Outcome,
     Tally,
     classify,
+    error_family,
     resume_hint,
     should_halt,
     unfinished,
 )
 from liteshift.fleet.rollout import Plan, PlanInvalid, make_plan, read_plan, write_plan
+from liteshift.flows import fleet as fleet_flow  # imports the whole error family, as the flow does
+
+# What a child run's exception means for the fleet, by class (each class's own `outcome`).
+DEFERRED_ERRORS = ("OutsideWindow", "WindowTooShort", "DatabaseLocked", "LockHeld", "DatabaseBusy")
+REFUSED_ERRORS = (
+    "BadInput",
+    "WrongHost",
+    "PathNotAllowed",
+    "ChecksumDrift",
+    "TrackingTooNew",
+    "WindowInvalid",
+    "ManifestInvalid",
+    "PlanInvalid",
+    "ApprovalDenied",
+    "ApprovalTimedOut",
+)
+FAILED_ERRORS = (
+    "MigrationError",
+    "CheckFailed",
+    "RollbackRefused",
+    "DownFailed",
+    "DryRunFailed",
+    "NotReversible",
+)
 
 WAVES_TRY = (
     "Try: write increasing cumulative percentages of the targets left after the canary, "
@@ -595,10 +617,37 @@ def test_classify_covers_every_prefect_state_type() -> None:
         classify("ODD", "Odd", None)
 
 
-def test_error_sets_are_disjoint_and_name_real_classes() -> None:
-    assert not DEFERRED_ERRORS & REFUSED_ERRORS
-    assert not (DEFERRED_ERRORS | REFUSED_ERRORS) & FAILED_ERRORS
-    assert {"BadInput", "WrongHost", "ChecksumDrift", "ManifestInvalid"} <= REFUSED_ERRORS
+def test_the_outcomes_are_the_error_classes_own() -> None:
+    family = error_family()
+    for names, outcome in (
+        (DEFERRED_ERRORS, "deferred"),
+        (REFUSED_ERRORS, "refused"),
+        (FAILED_ERRORS, "failed"),
+    ):
+        assert {name: family[name].outcome for name in names} == dict.fromkeys(names, outcome)
+    assert fleet_flow.classify is classify
+
+
+def test_the_flow_knows_every_error_class_of_the_package() -> None:
+    """classify() reads the family from the classes imported so far: the fleet flow alone must
+    import every one the package defines, or a deferred error would count as a failure."""
+    import subprocess
+    import sys
+
+    script = (
+        "import importlib, pkgutil, liteshift\n"
+        "from liteshift.flows import fleet\n"
+        "from liteshift.fleet.outcomes import error_family\n"
+        "before = set(error_family())\n"
+        "for m in pkgutil.walk_packages(liteshift.__path__, 'liteshift.'):\n"
+        "    if m.name != 'liteshift.cli': importlib.import_module(m.name)\n"
+        "print(sorted(set(error_family()) - before), len(before))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    missing, _, count = run.stdout.strip().rpartition(" ")
+    assert missing == "[]", f"not imported by the fleet flow: {missing}"
+    assert int(count) >= len(DEFERRED_ERRORS + REFUSED_ERRORS + FAILED_ERRORS)
 
 
 def test_tally() -> None:

@@ -105,7 +105,8 @@ def test_imports_only_point_down(module: str) -> None:
 
 
 def test_the_checker_sees_upward_lazy_and_prefect_imports() -> None:
-    source = "from liteshift.tasks.migrate import x\n\ndef f():\n    import prefect\n    from liteshift import fleet\n"
+    source = "from liteshift.tasks.migrate import x\n\ndef f():\n    import prefect\n"
+    source += "    from liteshift import fleet\n"
     assert violations("liteshift.core.db", source) == [
         "liteshift.core.db:1 imports liteshift.tasks.migrate: core may import only []",
         "liteshift.core.db:4 imports prefect: core may import only []",

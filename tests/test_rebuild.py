@@ -415,15 +415,21 @@ def test_online_rebuild_with_a_concurrent_writer_loses_and_duplicates_nothing(tm
             time.sleep(0.0005)
         w.close()
 
+    def wait_for(writes: int) -> None:  # counts, not timings: a loaded machine only takes longer
+        deadline = time.monotonic() + 60
+        while len(done) < writes and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.01)
+
     thread = threading.Thread(target=writer)
     thread.start()
     try:
+        wait_for(50)  # the writer is under way before the copy starts
         online.copy_online(con, state, str(db), 10_000, throttle.Throttle(rows=500))
-        time.sleep(0.2)
+        wait_for(200)
     finally:
         stop.set()
         thread.join()
-    assert len(done) > 100
+    assert len(done) >= 200
     source = _digest(db, "items", "id, code, qty")
     con.execute("BEGIN IMMEDIATE")
     stats = online.cut_over(con, state)

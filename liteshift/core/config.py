@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -29,10 +29,60 @@ def default_report_dir() -> Path:
     return Path(os.environ.get(REPORTS_ENV) or "reports")
 
 
-class RunConfig(BaseModel):
-    """Everything a run of the `migrate-database` flow can be told."""
+# Options name a field without its unit (busy_timeout_ms -> --busy-timeout); a few read better
+# in the singular or shorter, and are named here once for every command.
+UNIT_SUFFIXES = ("_ms", "_s", "_h")
+FLAG_NAMES = {
+    "migrations_dir": "--migrations",
+    "objects": "--object",
+    "thresholds": "--threshold",
+    "parameters": "--param",
+}
+
+
+def option_name(field: str) -> str:
+    """The command-line option that sets a flow parameter: its name, unit dropped, with dashes."""
+    if field in FLAG_NAMES:
+        return FLAG_NAMES[field]
+    for suffix in UNIT_SUFFIXES:
+        if field.endswith(suffix):
+            field = field.removesuffix(suffix)
+            break
+    return "--" + field.replace("_", "-")
+
+
+class FlowParams(BaseModel):
+    """The parameters of one flow, validated once: the flow's signature and the command's options
+    are checked against its fields (tests/test_params.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    command: ClassVar[str] = ""  # the liteshift command whose --help lists the accepted values
+    negatable: ClassVar[bool] = False  # a switch also has its --no-NAME option
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, Any]) -> Self:
+        """Validate flat parameters (None: the default) or raise BadInput naming the field."""
+        try:
+            return cls(**{k: v for k, v in params.items() if v is not None})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise BadInput(
+                f"Invalid parameter {field}",
+                first["msg"],
+                f"see 'liteshift {cls.command} --help' for the accepted values",
+            ) from None
+
+    def flow_parameters(self) -> dict[str, Any]:
+        """The flat, JSON-safe parameters of the flow."""
+        return self.model_dump(mode="json")
+
+
+class RunConfig(FlowParams):
+    """Everything a run of the `migrate-database` flow can be told."""
+
+    command: ClassVar[str] = "run"
+    negatable: ClassVar[bool] = True  # --no-require-approval, as since the first version
 
     database: Path = Field(description="The SQLite file to migrate.")
     migrations_dir: Path = Field(
@@ -109,38 +159,3 @@ class RunConfig(BaseModel):
     @property
     def backup_directory(self) -> Path:
         return self.backup_dir if self.backup_dir is not None else self.database.parent
-
-    @classmethod
-    def from_parameters(cls, params: dict[str, Any]) -> RunConfig:
-        """Validate flat parameters (None: the default) or raise BadInput naming the field."""
-        try:
-            return cls(**{k: v for k, v in params.items() if v is not None})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise BadInput(
-                f"Invalid parameter {field}",
-                first["msg"],
-                "see 'liteshift run --help' for the accepted values",
-            ) from None
-
-    def flow_parameters(self) -> dict[str, Any]:
-        """The flat, JSON-safe parameters of the migrate-database flow for this config."""
-        return self.model_dump(mode="json")
-
-
-# The command-line option of each field, where it is not "--" + the field name with dashes.
-CLI_FLAGS = {
-    "migrations_dir": "--migrations",
-    "busy_timeout_ms": "--busy-timeout",
-    "retry_delay_s": "--retry-delay",
-    "bench_budget_s": "--bench-budget",
-    "approval_timeout_s": "--approval-timeout",
-    "queue_timeout_s": "--queue-timeout",
-    "revert_window_h": "--revert-window",
-}
-
-
-def cli_flag(field: str) -> str:
-    """The `liteshift run` option that sets a RunConfig field."""
-    return CLI_FLAGS.get(field, "--" + field.replace("_", "-"))

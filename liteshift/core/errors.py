@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
+# What a fleet records for a database whose run raised the error (liteshift.fleet.outcomes):
+# failed: the migration is wrong for it or a check failed, a canary must stop the waves;
+# refused: nothing was written, a person must fix the input; deferred: nothing was written,
+# not now (the application held the database, or the window), a later fleet run tries again.
+ErrorOutcome = Literal["failed", "refused", "deferred"]
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -17,6 +25,7 @@ class MigrationError(Exception):
     """A step could not go on; carries what / why / hint and the CLI exit code."""
 
     exit_code = EXIT_FAILED
+    outcome: ClassVar[ErrorOutcome] = "failed"
 
     def __init__(self, what: str, why: str = "", hint: str = "") -> None:
         self.what = what
@@ -41,10 +50,13 @@ class BadInput(MigrationError):
     """The input (database, migrations, directories, options) is unusable; nothing was written."""
 
     exit_code = EXIT_BAD_INPUT
+    outcome: ClassVar[ErrorOutcome] = "refused"
 
 
 class DatabaseLocked(BadInput):
     """Another connection held the write lock past the busy timeout; nothing was written."""
+
+    outcome: ClassVar[ErrorOutcome] = "deferred"
 
 
 class ChecksumDrift(BadInput):

@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from liteshift.core import faults
 from liteshift.core.db import begin_immediate, connection
-from liteshift.core.errors import BadInput
+from liteshift.core.errors import BadInput, ErrorOutcome
 
 LOCK_TABLE = "liteshift_lock"
 STALE_AFTER_S = 300.0  # a heartbeat older than this marks the holder dead, whatever its host
@@ -36,6 +37,8 @@ LOCK_DDL = f"""CREATE TABLE IF NOT EXISTS {LOCK_TABLE} (
 
 class LockHeld(BadInput):
     """Another live runner holds this database's migration lock."""
+
+    outcome: ClassVar[ErrorOutcome] = "deferred"
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from liteshift.core.errors import BadInput
+from liteshift.core.errors import BadInput, ErrorOutcome
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WINDOW_RE = re.compile(
@@ -27,6 +28,8 @@ class WindowInvalid(BadInput):
 
 class OutsideWindow(BadInput):
     """The run started outside its maintenance window; nothing was written."""
+
+    outcome: ClassVar[ErrorOutcome] = "deferred"
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ def _closing(window: Window, moment: datetime) -> datetime:
 
 class WindowTooShort(BadInput):
     """The run would outlast its maintenance window; nothing was written."""
+
+    outcome: ClassVar[ErrorOutcome] = "deferred"
 
 
 def check_fits(text: str | None, predicted_s: float | None, basis: str, now: datetime | None = None) -> str:

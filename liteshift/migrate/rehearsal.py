@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 import sqlite3
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from liteshift.core import tables
-from liteshift.core.errors import BadInput, MigrationError
+from liteshift.core.errors import BadInput, ErrorOutcome, MigrationError
 from liteshift.core.indexes import IndexDef, index_definition
 from liteshift.core.migrations import Migration, Rebuild, Step, dropped_index_names
 from liteshift.core.sql import failure_detail, quote_ident, same_sql_text
@@ -25,6 +26,8 @@ Shape = dict[str, tuple[str, str, object]]  # name -> (type, table, definition)
 
 class NotReversible(BadInput):
     """A migration's down fails, or does not bring the schema back, on a copy of the schema."""
+
+    outcome: ClassVar[ErrorOutcome] = "failed"
 
 
 @dataclass(frozen=True)
