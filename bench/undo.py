@@ -91,7 +91,7 @@ def set_feed(db: Path, on: bool) -> None:
         n = schema.names("worklogs")
         for name in schema.capture_triggers(con, n):
             con.execute(f"DROP TRIGGER {name}")
-        con.execute(f"DROP TABLE IF EXISTS {n['changes']}")
+        con.execute(f"DROP TABLE IF EXISTS {n.changes}")
         if on:
             for ddl in online._changes_ddl(n, tables.read_table(con, "worklogs")):
                 con.execute(ddl)

@@ -92,7 +92,7 @@ def archive_rows(
     tag_run(db)
     deadline = window_deadline(maintenance_window, now)
     planned = plan(db, table, column, value)
-    get_run_logger().info("Archiving %s: %s", db, planned)
+    get_run_logger().info("Archiving %s: %s", db, planned.as_dict())
     with one_run_per_database(db, 600.0, busy_timeout_ms), lock.held(db, busy_timeout_ms):
         result = move(
             db,

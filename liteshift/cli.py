@@ -257,35 +257,9 @@ def _run_flow(cfg: RunConfig, as_json: bool) -> int:
 
 
 def _show(report: RunReport, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(report.summary()))
-    else:
-        _print_report(report)
+    from liteshift.tasks.report import render_text
 
-
-def _print_report(r: RunReport) -> None:
-    if r.status == "nothing-to-do":
-        print(f"Nothing to migrate: {r.database} is up to date. Report: {r.report_path}")
-        return
-    for step in r.steps if len(r.steps) > 1 else []:
-        mark = {"passed": "ok", "failed": "FAILED"}.get(step.state, step.state)
-        print(f"  {step.name:<22} {mark:<7} {step.seconds:8.3f} s  {step.detail}")
-    if r.applied and r.lock_seconds is not None:
-        print(f"Applied: {', '.join(r.applied)} (write lock held {r.lock_seconds:.3f} s)")
-    for q in r.queries:
-        before = f"{q.before.p50_ms:.3f} ms" if q.before else "—"
-        after = f"{q.after.p50_ms:.3f} ms" if q.after else "—"
-        print(f"  {q.name:<28} {q.plan.index or 'no index'}: p50 {before} -> {after}")
-    for w in r.warnings:
-        print(f"Warning: {w}")
-    if r.rollback:
-        print(f"Rollback: {r.rollback.action}: {r.rollback.message}")
-    if r.growth_pct is not None and r.size_before and r.size_after:
-        mb_before, mb_after = r.size_before / 1e6, r.size_after / 1e6
-        print(f"Database size: {mb_before:.1f} MB -> {mb_after:.1f} MB ({r.growth_pct:+.1f}%)")
-        if r.free_after:
-            print(f"  of which {r.free_after / 1e6:.1f} MB are free pages: {r.free_note()}")
-    print(f"Status: {r.status}. Report: {r.report_path}")
+    print(json.dumps(report.summary()) if as_json else render_text(report), end="\n" if as_json else "")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -71,7 +71,7 @@ def copy_rebuilds(
         if any(m.rebuilds for m in todo):  # a kept old copy would stand in a new rebuild's way
             online.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
         shadows = _online_rebuilds(con, cfg, todo)
-        keep = frozenset(f"{v}:{schema.names(r.table)['id']}" for v, r in shadows)
+        keep = frozenset(f"{v}:{schema.names(r.table).id}" for v, r in shadows)
         online.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms, keep)
         with _abandon_on_failure(con, cfg, [spec for _, spec in shadows]):
             for i, (version, spec) in enumerate(shadows):

@@ -262,3 +262,30 @@ def _query_section(queries: list[QueryResult]) -> list[str]:
                 f"{_ms(q.after, 'p50')} ms for the original.",
             ]
     return lines
+
+
+def render_text(r: RunReport) -> str:
+    """The run as the lines `liteshift run` prints: steps, what was applied, queries, the end."""
+    lines: list[str] = []
+    if r.status == "nothing-to-do":
+        return f"Nothing to migrate: {r.database} is up to date. Report: {r.report_path}\n"
+    for step in r.steps if len(r.steps) > 1 else []:
+        mark = {"passed": "ok", "failed": "FAILED"}.get(step.state, step.state)
+        lines.append(f"  {step.name:<22} {mark:<7} {step.seconds:8.3f} s  {step.detail}")
+    if r.applied and r.lock_seconds is not None:
+        lines.append(f"Applied: {', '.join(r.applied)} (write lock held {r.lock_seconds:.3f} s)")
+    for q in r.queries:
+        before = f"{q.before.p50_ms:.3f} ms" if q.before else "—"
+        after = f"{q.after.p50_ms:.3f} ms" if q.after else "—"
+        lines.append(f"  {q.name:<28} {q.plan.index or 'no index'}: p50 {before} -> {after}")
+    for w in r.warnings:
+        lines.append(f"Warning: {w}")
+    if r.rollback:
+        lines.append(f"Rollback: {r.rollback.action}: {r.rollback.message}")
+    if r.growth_pct is not None and r.size_before and r.size_after:
+        mb_before, mb_after = r.size_before / 1e6, r.size_after / 1e6
+        lines.append(f"Database size: {mb_before:.1f} MB -> {mb_after:.1f} MB ({r.growth_pct:+.1f}%)")
+        if r.free_after:
+            lines.append(f"  of which {r.free_after / 1e6:.1f} MB are free pages: {r.free_note()}")
+    lines.append(f"Status: {r.status}. Report: {r.report_path}")
+    return "".join(f"{line}\n" for line in lines)

@@ -88,8 +88,8 @@ def test_moves_exactly_the_rows_before_the_cutoff(tmp_path, make_db):
     assert _table_sql(arc, "worklogs") == _table_sql(db, "worklogs")
     assert _read(db, "SELECT type, name, sql FROM sqlite_schema ORDER BY name") == schema_before
     assert _read(arc, f"SELECT * FROM {PROGRESS}") == []
-    assert plan["rows"] == len(old) and plan["table_rows"] == 2000 and plan["top_row_kept"] == 0
-    assert plan["key"] == ["id"] and plan["bytes_method"].startswith("dbstat") and plan["bytes_estimate"] > 0
+    assert plan.rows == len(old) and plan.table_rows == 2000 and plan.top_row_kept == 0
+    assert plan.key == ["id"] and plan.bytes_method.startswith("dbstat") and (plan.bytes_estimate or 0) > 0
     assert (result.copied, result.deleted, result.kept_changed, result.remaining) == (
         len(old),
         len(old),

@@ -841,7 +841,30 @@ def _release_quietly(run: _Run) -> None:
         _release(run)
 
 
-def plan_archive(database: Path, table: str, column: str, before: str) -> dict[str, object]:
+@dataclass(frozen=True)
+class ArchivePlan:
+    """What a run would move, read without writing (plan_archive)."""
+
+    table: str
+    column: str
+    before: str
+    rows: int  # rows older than the cutoff that a run moves
+    table_rows: int
+    top_row_kept: int  # the highest rowid stays, so SQLite never reuses an archived key
+    oldest: object
+    newest: object
+    key: list[str]
+    without_rowid: bool
+    bytes_estimate: int | None  # the table's and its indexes' pages, times the share of rows moved
+    bytes_method: str
+    auto_vacuum: str | None
+    reclaims_free_pages: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def plan_archive(database: Path, table: str, column: str, before: str) -> ArchivePlan:
     """Read-only: what a run would move (rows, oldest and newest value, bytes from dbstat) or BadInput."""
     database = Path(database)
     check_is_sqlite_file(database)
@@ -864,24 +887,22 @@ def plan_archive(database: Path, table: str, column: str, before: str) -> dict[s
             int(con.execute("PRAGMA auto_vacuum").fetchone()[0])
         )
         con.execute("COMMIT")
-    return {
-        "table": src.name,
-        "column": src.column,
-        "before": before,
-        "rows": rows,
-        "table_rows": total,
-        "top_row_kept": int(old) - rows,  # the highest rowid stays, so SQLite never reuses an archived key
-        "oldest": oldest,
-        "newest": newest,
-        "key": list(src.key),
-        "without_rowid": src.table.without_rowid,
-        "bytes_estimate": None if size is None else size * rows // max(1, total),
-        "bytes_method": "unavailable (no dbstat)"
-        if size is None
-        else "dbstat: table and its indexes x share",
-        "auto_vacuum": vacuum,
-        "reclaims_free_pages": vacuum == "incremental",
-    }
+    return ArchivePlan(
+        table=src.name,
+        column=src.column,
+        before=before,
+        rows=rows,
+        table_rows=total,
+        top_row_kept=int(old) - rows,
+        oldest=oldest,
+        newest=newest,
+        key=list(src.key),
+        without_rowid=src.table.without_rowid,
+        bytes_estimate=None if size is None else size * rows // max(1, total),
+        bytes_method="unavailable (no dbstat)" if size is None else "dbstat: table and its indexes x share",
+        auto_vacuum=vacuum,
+        reclaims_free_pages=vacuum == "incremental",
+    )
 
 
 def _dbstat_bytes(con: sqlite3.Connection, table: str) -> int | None:

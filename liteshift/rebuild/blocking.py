@@ -24,7 +24,7 @@ def rebuild_blocking(con: sqlite3.Connection, spec: Rebuild) -> RebuildStats:
     start = time.perf_counter()
     source = read_table(con, spec.table)
     copy = plan_copy(source, spec)
-    shadow = names(source.name)["shadow"]
+    shadow = names(source.name).shadow
     drop_online_objects(con, source.name)  # an online attempt that was given up
     execute(con, renamed(spec.create_sql, shadow), source)
     rows = execute(con, copy.insert(shadow, source), source).rowcount

@@ -29,6 +29,7 @@ from liteshift.rebuild.schema import (
     STATE_DDL,
     STATE_TABLE,
     Copy,
+    Names,
     RebuildStats,
     capture_triggers,
     drop_online_objects,
@@ -54,55 +55,55 @@ class Online:
 
     @property
     def id(self) -> str:
-        return f"{self.version}:{names(self.source.name)['id']}"
+        return f"{self.version}:{names(self.source.name).id}"
 
 
-def _changes_ddl(n: dict[str, str], source: Table) -> list[str]:
+def _changes_ddl(n: Names, source: Table) -> list[str]:
     keys = ", ".join(f"k{i}" for i in range(len(source.key)))
     t = quote_ident(source.name)
 
     def record(prefix: str) -> str:
         vals = ", ".join(f"{prefix}.{quote_ident(k)}" for k in source.key)
-        return f"INSERT INTO {n['changes']} ({keys}) VALUES ({vals});"
+        return f"INSERT INTO {n.changes} ({keys}) VALUES ({vals});"
 
     ddl = [
-        f"CREATE TABLE {n['changes']} (seq INTEGER PRIMARY KEY, {keys})",
-        f"CREATE TRIGGER {n['trigger']}_i AFTER INSERT ON {t} BEGIN {record('NEW')} END",
-        f"CREATE TRIGGER {n['trigger']}_u AFTER UPDATE ON {t} BEGIN {record('OLD')} {record('NEW')} END",
-        f"CREATE TRIGGER {n['trigger']}_d AFTER DELETE ON {t} BEGIN {record('OLD')} END",
+        f"CREATE TABLE {n.changes} (seq INTEGER PRIMARY KEY, {keys})",
+        f"CREATE TRIGGER {n.trigger}_i AFTER INSERT ON {t} BEGIN {record('NEW')} END",
+        f"CREATE TRIGGER {n.trigger}_u AFTER UPDATE ON {t} BEGIN {record('OLD')} {record('NEW')} END",
+        f"CREATE TRIGGER {n.trigger}_d AFTER DELETE ON {t} BEGIN {record('OLD')} END",
     ]
     # INSERT OR REPLACE deletes a row through a UNIQUE conflict without firing a DELETE trigger
     # (unless recursive_triggers is on): record the rows such a write is about to replace.
     conflicts = " ".join(
-        f"INSERT INTO {n['changes']} ({keys}) SELECT {', '.join(quote_ident(k) for k in source.key)} "
+        f"INSERT INTO {n.changes} ({keys}) SELECT {', '.join(quote_ident(k) for k in source.key)} "
         f"FROM {t} WHERE " + " AND ".join(f"{quote_ident(c)} = NEW.{quote_ident(c)}" for c in cols) + ";"
         for cols in source.unique_sets
     )
     if conflicts:
         ddl += [
-            f"CREATE TRIGGER {n['trigger']}_bi BEFORE INSERT ON {t} BEGIN {conflicts} END",
-            f"CREATE TRIGGER {n['trigger']}_bu BEFORE UPDATE ON {t} BEGIN {conflicts} END",
+            f"CREATE TRIGGER {n.trigger}_bi BEFORE INSERT ON {t} BEGIN {conflicts} END",
+            f"CREATE TRIGGER {n.trigger}_bu BEFORE UPDATE ON {t} BEGIN {conflicts} END",
         ]
     return ddl
 
 
-def _parents_ddl(n: dict[str, str], fks: list[ForeignKey]) -> list[str]:
+def _parents_ddl(n: Names, fks: list[ForeignKey]) -> list[str]:
     """Record the parent keys the application deletes or changes during the copy, per foreign key,
     so the cut-over checks only the rows that pointed at them instead of the whole table."""
     if not fks:
         return []
     width = max(len(fk.columns) for fk in fks)
     values = ", ".join(f"v{i}" for i in range(width))
-    ddl = [f"CREATE TABLE {n['parents']} (seq INTEGER PRIMARY KEY, fk INTEGER, {values})"]
+    ddl = [f"CREATE TABLE {n.parents} (seq INTEGER PRIMARY KEY, fk INTEGER, {values})"]
     for k, fk in enumerate(fks):
         cols = ", ".join(f"v{i}" for i in range(len(fk.columns)))
         old = ", ".join(f"OLD.{quote_ident(c)}" for c in fk.parent_columns)
         changed = " OR ".join(f"OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)}" for c in fk.parent_columns)
-        record = f"INSERT INTO {n['parents']} (fk, {cols}) VALUES ({k}, {old});"
+        record = f"INSERT INTO {n.parents} (fk, {cols}) VALUES ({k}, {old});"
         parent = quote_ident(fk.parent)
         ddl += [
-            f"CREATE TRIGGER {n['trigger']}_p{k}d AFTER DELETE ON {parent} BEGIN {record} END",
-            f"CREATE TRIGGER {n['trigger']}_p{k}u AFTER UPDATE ON {parent} WHEN {changed} BEGIN {record} END",
+            f"CREATE TRIGGER {n.trigger}_p{k}d AFTER DELETE ON {parent} BEGIN {record} END",
+            f"CREATE TRIGGER {n.trigger}_p{k}u AFTER UPDATE ON {parent} WHEN {changed} BEGIN {record} END",
         ]
     return ddl
 
@@ -142,9 +143,9 @@ def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str
         drop_online_objects(con, source.name)
         # Without its foreign keys until the cut-over: the application's parent deletes must not
         # be checked against (or cascade into) rows the migration has not committed yet.
-        con.execute(renamed(without_foreign_keys(spec.create_sql), n["shadow"]))
+        con.execute(renamed(without_foreign_keys(spec.create_sql), n.shadow))
         for i, (_, sql) in enumerate(source.indexes):
-            con.execute(_shadow_index_sql(sql, f"{n['index']}_{i}", n["shadow"]))
+            con.execute(_shadow_index_sql(sql, f"{n.index}_{i}", n.shadow))
         for ddl in _changes_ddl(n, source) + _parents_ddl(n, state.fks or []):
             con.execute(ddl)
         con.execute(
@@ -175,7 +176,7 @@ def _reconcile(con: sqlite3.Connection, state: Online, limit: int | None, copied
     ks = [f"k{i}" for i in range(len(state.source.key))]
     # The last seq of the oldest `limit` recorded changes (all of them without a limit).
     last = con.execute(
-        f"SELECT max(seq) FROM (SELECT seq FROM {n['changes']} ORDER BY seq LIMIT ?)", (limit or -1,)
+        f"SELECT max(seq) FROM (SELECT seq FROM {n.changes} ORDER BY seq LIMIT ?)", (limit or -1,)
     ).fetchone()[0]
     if last is None:
         return 0
@@ -186,24 +187,22 @@ def _reconcile(con: sqlite3.Connection, state: Online, limit: int | None, copied
         else:
             where += f" AND ({', '.join(ks)}) <= ({', '.join('?' for _ in ks)})"
     params = tuple(state.position or ()) if copied_only and state.position is not None else ()
-    keys = con.execute(
-        f"SELECT DISTINCT {', '.join(ks)} FROM {n['changes']} WHERE {where}", params
-    ).fetchall()
+    keys = con.execute(f"SELECT DISTINCT {', '.join(ks)} FROM {n.changes} WHERE {where}", params).fetchall()
     shadow_key = state.copy.shadow_key or state.source.key
     for chunk in (keys[i : i + 200] for i in range(0, len(keys), 200)):
         flat = tuple(v for k in chunk for v in k)
         con.execute(
-            f"DELETE FROM {quote_ident(n['shadow'])} WHERE {_key_where(shadow_key, 'IN', len(chunk))}", flat
+            f"DELETE FROM {quote_ident(n.shadow)} WHERE {_key_where(shadow_key, 'IN', len(chunk))}", flat
         )
         execute(
             con,
             state.copy.insert(
-                n["shadow"], state.source, f" WHERE {_key_where(state.source.key, 'IN', len(chunk))}"
+                n.shadow, state.source, f" WHERE {_key_where(state.source.key, 'IN', len(chunk))}"
             ),
             state.source,
             flat,
         )
-    consumed = con.execute(f"DELETE FROM {n['changes']} WHERE seq <= ?", (last,)).rowcount
+    consumed = con.execute(f"DELETE FROM {n.changes} WHERE seq <= ?", (last,)).rowcount
     state.stats.reconciled += len(keys)
     state.unchecked.update(tuple(k) for k in keys)
     return int(consumed)
@@ -261,7 +260,7 @@ def _copy_online(
             clause = " AND ".join(c for c in (where.removeprefix(" WHERE "), upper) if c)
             copied = execute(
                 con,
-                state.copy.insert(n["shadow"], src, f" WHERE {clause}" if clause else ""),
+                state.copy.insert(n.shadow, src, f" WHERE {clause}" if clause else ""),
                 src,
                 params + (tuple(bound) if bound else ()),
             ).rowcount
@@ -305,7 +304,7 @@ def _converge(con: sqlite3.Connection, state: Online, path: str, timeout_ms: int
             _reconcile(con, state, throttle.rows, False)
             faults.point("rebuild-reconcile")
         state.stats.longest_txn_seconds = max(state.stats.longest_txn_seconds, txn.held)
-        backlog = con.execute(f"SELECT count(*) FROM {n['changes']}").fetchone()[0]
+        backlog = con.execute(f"SELECT count(*) FROM {n.changes}").fetchone()[0]
         # The cut-over drains what is left inside the lock: at 10M rows the 10:53 bench left
         # 2,754 keys (a batch's worth), which took most of its 225 ms cut-over.
         if backlog <= throttle.cutover_backlog or time.perf_counter() > deadline:
@@ -323,13 +322,13 @@ def precheck_foreign_keys(con: sqlite3.Connection, state: Online) -> None:
     con.execute("BEGIN")  # deferred: a read snapshot, no lock that stops a writer (WAL)
     try:
         for fk in state.fks:
-            bad = con.execute(fk.violations(con, n["shadow"], key)).fetchall()
+            bad = con.execute(fk.violations(con, n.shadow, key)).fetchall()
             fk_failure(
                 state.source.name,
                 [(state.source.name, _key_text(key, r), fk.parent) for r in bad],
                 "nothing was swapped; fix those rows (or their parents) and run again",
             )
-        top = con.execute(f"SELECT max(seq) FROM {n['parents']}").fetchone()[0] if state.fks else 0
+        top = con.execute(f"SELECT max(seq) FROM {n.parents}").fetchone()[0] if state.fks else 0
         state.parents_seq, state.unchecked = int(top or 0), set()
     finally:
         con.execute("COMMIT")
@@ -349,7 +348,7 @@ def _incremental_fk_check(con: sqlite3.Connection, state: Online, table: str) ->
     if (
         state.fks is None
         or state.parents_seq is None
-        or len([t for t in capture_triggers(con, n) if "_p" in t[len(n["trigger"]) :]]) < expected
+        or len([t for t in capture_triggers(con, n) if "_p" in t[len(n.trigger) :]]) < expected
     ):
         check_foreign_keys(con, table)
         return
@@ -367,7 +366,7 @@ def _incremental_fk_check(con: sqlite3.Connection, state: Online, table: str) ->
         width = max(len(fk.columns) for fk in state.fks)
         cols = ", ".join(f"v{i}" for i in range(width))
         for k, *values in con.execute(
-            f"SELECT DISTINCT fk, {cols} FROM {n['parents']} WHERE seq > ?", (state.parents_seq,)
+            f"SELECT DISTINCT fk, {cols} FROM {n.parents} WHERE seq > ?", (state.parents_seq,)
         ).fetchall():
             fk = state.fks[k]
             where = "".join(f" AND c.{quote_ident(c)} = ?" for c in fk.columns)
@@ -388,10 +387,10 @@ def cut_over(con: sqlite3.Connection, state: Online, retain_back: Rebuild | None
     """
     start = time.perf_counter()
     n = names(state.source.name)
-    state.stats.backlog_at_cutover = con.execute(f"SELECT count(*) FROM {n['changes']}").fetchone()[0]
+    state.stats.backlog_at_cutover = con.execute(f"SELECT count(*) FROM {n.changes}").fetchone()[0]
     while _reconcile(con, state, None, False):
         pass
-    capture = {f"{n['trigger']}_{s}" for s in ("i", "u", "d", "bi", "bu")}
+    capture = {f"{n.trigger}_{s}" for s in ("i", "u", "d", "bi", "bu")}
     now = read_table(con, state.spec.table)
     same = (
         now.sql == state.source.sql
@@ -410,14 +409,14 @@ def cut_over(con: sqlite3.Connection, state: Online, retain_back: Rebuild | None
         con.execute(f"DROP TRIGGER IF EXISTS {name}")
     for name, _ in state.source.triggers:
         con.execute(f"DROP TRIGGER {quote_ident(name)}")
-    con.execute(f"DROP TABLE {n['changes']}")
+    con.execute(f"DROP TABLE {n.changes}")
     # legacy_alter_table ON (with foreign_keys off): the renames rewrite no other table's
     # REFERENCES, view or trigger; the schema is re-parsed explicitly below instead.
     con.execute("PRAGMA legacy_alter_table = ON")
-    con.execute(f"ALTER TABLE {quote_ident(now.name)} RENAME TO {n['old']}")
-    con.execute(f"ALTER TABLE {n['shadow']} RENAME TO {quote_ident(now.name)}")
+    con.execute(f"ALTER TABLE {quote_ident(now.name)} RENAME TO {n.old}")
+    con.execute(f"ALTER TABLE {n.shadow} RENAME TO {quote_ident(now.name)}")
     prepared = list(state.source.indexes)
-    prebuilt = {index: f"{n['index']}_{i}" for i, index in enumerate(prepared)}
+    prebuilt = {index: f"{n.index}_{i}" for i, index in enumerate(prepared)}
     indexes = [(name, sql, prebuilt.get((name, sql))) for name, sql in now.indexes]
     _swap_schema_rows(con, n, indexes, (now.name, renamed(state.spec.create_sql, now.name)))
     for index in prepared:
@@ -428,14 +427,14 @@ def cut_over(con: sqlite3.Connection, state: Online, retain_back: Rebuild | None
             execute(con, index[1], now)
     con.execute(
         f"UPDATE {STATE_TABLE} SET phase = 'drop-old', table_name = ?, position = NULL WHERE id = ?",
-        (n["old"], state.id),
+        (n.old, state.id),
     )
     restore_around(
         con, now, state.copy, dependents=False, fk_check=lambda: _incremental_fk_check(con, state, now.name)
     )
     for name in capture_triggers(con, n):  # the parents' ones, kept for the check above
         con.execute(f"DROP TRIGGER {name}")
-    con.execute(f"DROP TABLE IF EXISTS {n['parents']}")
+    con.execute(f"DROP TABLE IF EXISTS {n.parents}")
     if retain_back is not None:
         state.stats.retained = _retain_old(
             con, state, n, [(name, sql) for name, sql, _ in indexes], retain_back
@@ -447,7 +446,7 @@ def cut_over(con: sqlite3.Connection, state: Online, retain_back: Rebuild | None
 
 def _swap_schema_rows(
     con: sqlite3.Connection,
-    n: dict[str, str],
+    n: Names,
     indexes: list[tuple[str, str, str | None]],
     table: tuple[str, str],
 ) -> None:
@@ -465,10 +464,10 @@ def _swap_schema_rows(
     con.execute("PRAGMA writable_schema = ON")
     try:
         for j, (name, sql, prebuilt) in enumerate(indexes):
-            spare = f"{n['old']}_ix_{j}"
+            spare = f"{n.old}_ix_{j}"
             con.execute(
                 "UPDATE sqlite_schema SET name = ?, sql = ? WHERE type = 'index' AND name = ?",
-                (spare, _shadow_index_sql(sql, spare, n["old"]), name),
+                (spare, _shadow_index_sql(sql, spare, n.old), name),
             )
             if prebuilt is not None:
                 con.execute(
@@ -481,12 +480,12 @@ def _swap_schema_rows(
         # The old copy keeps its rows until it is emptied in batches after the COMMIT (minutes at
         # 10M rows): without its foreign keys, so that an application with foreign_keys on can
         # still delete a parent whose children it deleted from the live table.
-        old_sql = con.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (n["old"],))
+        old_sql = con.execute("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?", (n.old,))
         row = old_sql.fetchone()
         if row is not None:
             con.execute(
                 "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = ?",
-                (without_foreign_keys(row[0]), n["old"]),
+                (without_foreign_keys(row[0]), n.old),
             )
         con.execute(f"PRAGMA schema_version = {int(cookie) + 1}")
     finally:
@@ -499,7 +498,7 @@ REVERT_PREFIX = "undo-"  # state ids of rebuilds back: "undo-VERSION:TAG"
 def _retain_old(
     con: sqlite3.Connection,
     state: Online,
-    n: dict[str, str],
+    n: Names,
     old_indexes: list[tuple[str, str]],
     back: Rebuild,
 ) -> bool:
@@ -510,18 +509,18 @@ def _retain_old(
     live = read_table(con, state.spec.table)
     if sorted(live.indexes) != sorted(old_indexes) or plan_copy(live, back).shadow_key is None:
         return False
-    con.execute(f"ALTER TABLE {n['old']} RENAME TO {n['shadow']}")
+    con.execute(f"ALTER TABLE {n.old} RENAME TO {n.shadow}")
     cookie = con.execute("PRAGMA schema_version").fetchone()[0]
     con.execute("PRAGMA writable_schema = ON")
     try:
         for i, index in enumerate(live.indexes):
-            temp = f"{n['index']}_{i}"
+            temp = f"{n.index}_{i}"
             con.execute(
                 "UPDATE sqlite_schema SET name = ?, sql = ? WHERE type = 'index' AND name = ?",
                 (
                     temp,
-                    _shadow_index_sql(index[1], temp, n["shadow"]),
-                    f"{n['old']}_ix_{old_indexes.index(index)}",
+                    _shadow_index_sql(index[1], temp, n.shadow),
+                    f"{n.old}_ix_{old_indexes.index(index)}",
                 ),
             )
         con.execute(f"PRAGMA schema_version = {int(cookie) + 1}")
@@ -533,7 +532,7 @@ def _retain_old(
     con.execute(
         f"INSERT INTO {STATE_TABLE} (id, table_name, phase, target_sql, source_sql, started_at) "
         "VALUES (?, ?, 'reconcile', ?, ?, ?)",
-        (f"{REVERT_PREFIX}{state.version}:{n['id']}", live.name, back.create_sql, live.sql, time.time()),
+        (f"{REVERT_PREFIX}{state.version}:{n.id}", live.name, back.create_sql, live.sql, time.time()),
     )
     return True
 
@@ -545,11 +544,11 @@ def shadow_indexes_match(con: sqlite3.Connection, state: Online) -> bool:
     have = dict(
         con.execute(
             "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
-            (n["shadow"],),
+            (n.shadow,),
         ).fetchall()
     )
     want = {
-        f"{n['index']}_{i}": _shadow_index_sql(sql, f"{n['index']}_{i}", n["shadow"])
+        f"{n.index}_{i}": _shadow_index_sql(sql, f"{n.index}_{i}", n.shadow)
         for i, (_, sql) in enumerate(state.source.indexes)
     }
     return have == want
@@ -575,18 +574,18 @@ def end_revert_windows(con: sqlite3.Connection, path: str, timeout_ms: int, ever
         with write_transaction(con, path, timeout_ms):
             for name in capture_triggers(con, n):
                 con.execute(f"DROP TRIGGER {name}")
-            con.execute(f"DROP TABLE IF EXISTS {n['changes']}")
-            con.execute(f"DROP TABLE IF EXISTS {n['parents']}")
-            shadow = con.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (n["shadow"],)).fetchone()
-            taken = con.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (n["old"],)).fetchone()
+            con.execute(f"DROP TABLE IF EXISTS {n.changes}")
+            con.execute(f"DROP TABLE IF EXISTS {n.parents}")
+            shadow = con.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (n.shadow,)).fetchone()
+            taken = con.execute("SELECT 1 FROM sqlite_schema WHERE name = ?", (n.old,)).fetchone()
             if not shadow or taken:  # nothing kept, or another cut-over's old copy still waits
-                con.execute(f"DROP TABLE IF EXISTS {n['shadow']}")
+                con.execute(f"DROP TABLE IF EXISTS {n.shadow}")
                 con.execute(f"DELETE FROM {STATE_TABLE} WHERE id = ?", (state_id,))
             else:
-                con.execute(f"ALTER TABLE {n['shadow']} RENAME TO {n['old']}")
+                con.execute(f"ALTER TABLE {n.shadow} RENAME TO {n.old}")
                 con.execute(
                     f"UPDATE {STATE_TABLE} SET phase = 'drop-old', table_name = ? WHERE id = ?",
-                    (n["old"], state_id),
+                    (n.old, state_id),
                 )
         ended.append(f"ended the revert window of {table}: its old copy is dropped ({state_id})")
     drop_old_tables(con, path, timeout_ms)

@@ -26,18 +26,31 @@ STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
 )"""
 
 
-def names(table: str) -> dict[str, str]:
-    """liteshift's own objects for a rebuild of `table`: short, fixed and free of quoting trouble."""
+@dataclass(frozen=True)
+class Names:
+    """liteshift's own objects for a rebuild of one table: short, fixed and free of quoting trouble."""
+
+    id: str  # the table's tag: sha256 of its lower-cased name, 8 hex digits
+    shadow: str  # the new table, filled beside the old one
+    changes: str  # the keys the application changed since the copy began
+    old: str  # the old table after the cut-over (the revert window's shadow)
+    trigger: str  # prefix of the capture triggers
+    parents: str  # parent-key changes, for the incremental foreign-key check
+    index: str  # prefix of the shadow's temporary index names
+
+
+def names(table: str) -> Names:
+    """The names of liteshift's objects for a rebuild of `table`."""
     tag = hashlib.sha256(table.lower().encode()).hexdigest()[:8]
-    return {
-        "shadow": f"liteshift_new_{tag}",
-        "changes": f"liteshift_changes_{tag}",
-        "old": f"liteshift_old_{tag}",
-        "trigger": f"liteshift_capture_{tag}",
-        "parents": f"liteshift_parents_{tag}",
-        "index": f"liteshift_ix_{tag}",
-        "id": tag,
-    }
+    return Names(
+        id=tag,
+        shadow=f"liteshift_new_{tag}",
+        changes=f"liteshift_changes_{tag}",
+        old=f"liteshift_old_{tag}",
+        trigger=f"liteshift_capture_{tag}",
+        parents=f"liteshift_parents_{tag}",
+        index=f"liteshift_ix_{tag}",
+    )
 
 
 @dataclass(frozen=True)
@@ -182,17 +195,17 @@ def drop_online_objects(con: sqlite3.Connection, table: str) -> None:
     n = names(table)
     for name in capture_triggers(con, n):
         con.execute(f"DROP TRIGGER {name}")
-    con.execute(f"DROP TABLE IF EXISTS {n['changes']}")
-    con.execute(f"DROP TABLE IF EXISTS {n['parents']}")
-    con.execute(f"DROP TABLE IF EXISTS {n['shadow']}")  # its temporary indexes go with it
+    con.execute(f"DROP TABLE IF EXISTS {n.changes}")
+    con.execute(f"DROP TABLE IF EXISTS {n.parents}")
+    con.execute(f"DROP TABLE IF EXISTS {n.shadow}")  # its temporary indexes go with it
     if con.execute(f"SELECT 1 FROM sqlite_schema WHERE name = '{STATE_TABLE}'").fetchone():
         con.execute(
             f"DELETE FROM {STATE_TABLE} WHERE table_name = ? COLLATE NOCASE AND phase != 'drop-old'", (table,)
         )
 
 
-def capture_triggers(con: sqlite3.Connection, n: dict[str, str]) -> list[str]:
-    prefix = n["trigger"] + "_"
+def capture_triggers(con: sqlite3.Connection, n: Names) -> list[str]:
+    prefix = n.trigger + "_"
     rows = con.execute(
         "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
         (len(prefix), prefix),
