@@ -1026,10 +1026,12 @@ def main() -> None:
                 "mtime": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime((ROOT / f).stat().st_mtime)),
             }
             for f in (
-                "liteshift/rebuild.py",
+                "liteshift/rebuild/online.py",
+                "liteshift/rebuild/blocking.py",
+                "liteshift/rebuild/schema.py",
                 "tasks/migrate.py",
-                "liteshift/db.py",
-                "liteshift/constraints.py",
+                "liteshift/core/db.py",
+                "liteshift/rebuild/constraints.py",
             )
             if (ROOT / f).exists()
         },
