@@ -82,6 +82,7 @@ def migrate_database(
     bench_max_runs: int | None = None,
     bench_budget_s: float | None = None,
     rebuild_mode: str | None = None,
+    index_mode: str | None = None,
     revert_window_h: float | None = None,
     maintenance_window: str | None = None,
     require_approval: bool | None = None,
@@ -186,7 +187,7 @@ def _locked_pipeline(cfg: RunConfig, report: RunReport, v: Validation) -> None:
 def _after_backup(cfg: RunConfig, report: RunReport, v: Validation, b: Backup) -> None:
     fid = report.flow_run_id
     copied = []
-    if v.rebuilds:
+    if v.rebuilds or v.index_builds:
         copied = _step(
             report,
             "rebuild-copy",
@@ -194,7 +195,7 @@ def _after_backup(cfg: RunConfig, report: RunReport, v: Validation, b: Backup) -
             lambda c: (
                 f"{sum(s.rows for s in c):,} rows copied online in {sum(s.batches for s in c)} batches"
                 if c
-                else "every rebuild is small enough to run inside the migration's transaction"
+                else "every rebuild and index is small enough to build inside the migration's transaction"
             ),
         )
     on_progress = progress(cfg.database, "migrate")

@@ -142,7 +142,8 @@ def dry_run(cfg: RunConfig) -> DryRun:
             return result
         result.lock_seconds = applied.lock_seconds
         result.rebuilds = [
-            f"{r.table} ({r.mode}): {r.rows:,} rows copied, cut-over {r.cutover_seconds:.3f} s"
+            f"{r.table} ({'online, for its new indexes' if r.index_build else r.mode}): {r.rows:,} rows "
+            f"copied, cut-over {r.cutover_seconds:.3f} s"
             for r in applied.rebuilds
         ]
         after = _plans(copy, queries)

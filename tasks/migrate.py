@@ -18,13 +18,13 @@ from typing import Any
 
 from liteshift.core import faults, tracking
 from liteshift.core.config import RunConfig
-from liteshift.core.db import begin_immediate, connection, is_locked_error, table_exists
+from liteshift.core.db import begin_immediate, connection, is_locked_error
 from liteshift.core.errors import CheckFailed, MigrationError
 from liteshift.core.migrations import Migration, Rebuild, load_migrations
 from liteshift.core.sql import failure_detail
 from liteshift.core.tracking import TRACKING_TABLE
 from liteshift.migrate import inverse, ledger, restore
-from liteshift.rebuild import blocking, foreign_keys, online, schema
+from liteshift.rebuild import blocking, foreign_keys, online, prebuild, schema
 
 
 @dataclass
@@ -43,19 +43,13 @@ class Applied:
     old_rows_freed: int = 0
 
 
-def _online_rebuilds(
-    con: sqlite3.Connection, cfg: RunConfig, todo: list[Migration]
-) -> list[tuple[str, Rebuild]]:
-    """(version, rebuild) of the pending rebuilds that run online, by size or as asked."""
-    specs = [(m.version, r) for m in todo for r in m.rebuilds]
-    tables = [r.table.lower() for _, r in specs]
-    return [
-        (version, r)
-        for version, r in specs
-        if tables.count(r.table.lower()) == 1  # a table rebuilt twice in one run: blocking
-        and table_exists(con, r.table)
-        and schema.choose_mode(con, r, cfg.rebuild_mode) == "online"
-    ]
+def _plan(con: sqlite3.Connection, cfg: RunConfig, todo: list[Migration]) -> prebuild.OnlinePlan:
+    """The batch's online work; a revert window kept from an earlier run ends first (its old copy
+    would stand in the way of a new shadow of the same table)."""
+    plan = prebuild.plan_online(con, todo, cfg.rebuild_mode, cfg.index_mode)
+    if any(m.rebuilds for m in todo) or plan.tables:
+        online.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
+    return plan
 
 
 def copy_rebuilds(
@@ -68,15 +62,15 @@ def copy_rebuilds(
     todo = tracking.pending(load_migrations(cfg.migrations_dir), _applied(cfg))
     stats = []
     with connection(cfg.database, cfg.busy_timeout_ms) as con, foreign_keys.foreign_keys_off(con):
-        if any(m.rebuilds for m in todo):  # a kept old copy would stand in a new rebuild's way
-            online.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
-        shadows = _online_rebuilds(con, cfg, todo)
-        keep = frozenset(f"{v}:{schema.names(r.table).id}" for v, r in shadows)
+        plan = _plan(con, cfg, todo)
+        keep = frozenset(f"{s.version}:{schema.names(s.spec.table).id}" for s in plan.tables)
         online.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms, keep)
-        with _abandon_on_failure(con, cfg, [spec for _, spec in shadows]):
-            for i, (version, spec) in enumerate(shadows):
-                state = online.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
-                part = (lambda f, i=i: on_progress((i + f) / len(shadows))) if on_progress else None
+        with _abandon_on_failure(con, cfg, [s.spec for s in plan.tables]):
+            for i, s in enumerate(plan.tables):
+                state = online.start_online(
+                    con, s.spec, s.version, str(cfg.database), cfg.busy_timeout_ms, tuple(s.prebuilt)
+                )
+                part = (lambda f, i=i: on_progress((i + f) / len(plan.tables))) if on_progress else None
                 stats.append(
                     online.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms, None, part)
                 )
@@ -114,17 +108,19 @@ def apply_migrations(
     with connection(cfg.database, cfg.busy_timeout_ms) as con, foreign_keys.foreign_keys_off(con):
         # Online rebuilds: the copy (done already when the flow ran copy_rebuilds) and the
         # reconcile down to a small backlog, outside the migration's transaction.
-        shadows: dict[tuple[str, str], online.Online] = {}
+        shadows: dict[prebuild.Position, online.Online] = {}
         todo = tracking.pending(migrations, tracking.read_tracking(con))
-        if any(m.rebuilds for m in todo):  # a kept old copy would stand in a new rebuild's way
-            online.end_revert_windows(con, str(cfg.database), cfg.busy_timeout_ms, every=True)
-        planned = _online_rebuilds(con, cfg, todo)
-        with _abandon_on_failure(con, cfg, [spec for _, spec in planned]):
-            for version, spec in planned:
-                state = online.start_online(con, spec, version, str(cfg.database), cfg.busy_timeout_ms)
+        plan = _plan(con, cfg, todo)
+        with _abandon_on_failure(con, cfg, [s.spec for s in plan.tables]):
+            for s in plan.tables:
+                state = online.start_online(
+                    con, s.spec, s.version, str(cfg.database), cfg.busy_timeout_ms, tuple(s.prebuilt)
+                )
                 online.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms)
-                shadows[(version, spec.table.lower())] = state
-            result = _commit(con, cfg, migrations, batch, backup_path, flow_run_id, on_progress, shadows)
+                shadows[s.at] = state
+            result = _commit(
+                con, cfg, migrations, batch, backup_path, flow_run_id, on_progress, shadows, plan
+            )
         con.execute("PRAGMA wal_autocheckpoint = 1000")
         checkpoint_start = time.perf_counter()
         con.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -142,7 +138,8 @@ def _commit(
     backup_path: str | None,
     flow_run_id: str | None,
     on_progress: Callable[[float], None] | None,
-    shadows: dict[tuple[str, str], online.Online],
+    shadows: dict[prebuild.Position, online.Online],
+    plan: prebuild.OnlinePlan,
 ) -> Applied:
     """The migration's one transaction: every pending up, rebuild and tracking row, then COMMIT."""
     # COMMIT would otherwise also copy the new pages from the -wal into the file: that runs
@@ -168,6 +165,7 @@ def _commit(
         stats: list[schema.RebuildStats] = []
         recorders = {m.version: inverse.Recorder() for m in todo}
         retained: set[str] = set()
+        machinery = [0]  # rows an index build's cut-over writes (reconciled keys, its state row)
         with restore.tables_written(con) as written:
             timings = _apply(
                 con,
@@ -177,12 +175,14 @@ def _commit(
                 flow_run_id,
                 on_progress,
                 shadows,
+                plan,
                 stats,
                 recorders,
                 cfg.revert_window_h > 0,
                 retained,
+                machinery,
             )
-        rows_changed = con.total_changes - changes - len(todo)
+        rows_changed = con.total_changes - changes - len(todo) - machinery[0]
         ledger.bump(con, written)
         if todo:
             until = time.time() + cfg.revert_window_h * 3600
@@ -212,11 +212,13 @@ def _apply(
     backup_path: str | None,
     flow_run_id: str | None,
     on_progress: Callable[[float], None] | None,
-    shadows: dict[tuple[str, str], online.Online],
+    shadows: dict[prebuild.Position, online.Online],
+    plan: prebuild.OnlinePlan,
     stats: list[schema.RebuildStats],
     recorders: dict[str, inverse.Recorder],
     retain: bool,
     retained: set[str],
+    machinery: list[int],
 ) -> dict[str, float]:
     """Every pending up, statement by statement; online rebuilds cut over (keeping their old copy
     for a revert when `retain`, the versions that did so added to `retained`)."""
@@ -225,28 +227,26 @@ def _apply(
     done = 0
     for m in todo:
         start = time.perf_counter()
-        for stmt in m.steps:
+        for i, stmt in enumerate(m.steps):
             recorders[m.version].before(con, stmt)  # its inverse, read before it runs
-            if isinstance(stmt, Rebuild):
-                state = shadows.get((m.version, stmt.table.lower()))
-                if state:
-                    back = recorders[m.version].rebuilds_back[-1] if retain else None
-                    stats.append(online.cut_over(con, state, back))
-                    if stats[-1].retained:
-                        retained.add(m.version)
-                else:
-                    stats.append(blocking.rebuild_blocking(con, stmt))
-                done += 1
+            state = shadows.get((m.version, i))
+            if state is not None:  # an online rebuild, or the first prebuilt index of its table
+                kept = retain and isinstance(stmt, Rebuild)
+                back = recorders[m.version].rebuilds_back[-1] if kept else None
+                before = con.total_changes
+                stats.append(online.cut_over(con, state, back))
+                if state.stats.index_build:  # liteshift's own rows, not the migration's
+                    machinery[0] += con.total_changes - before
+                for later in plan.deferred.get((m.version, i), []):  # ANALYZE of an index built just now
+                    _statement(con, m, later)
+                if stats[-1].retained:
+                    retained.add(m.version)
+            elif isinstance(stmt, Rebuild):
+                stats.append(blocking.rebuild_blocking(con, stmt))
+            if state is not None or isinstance(stmt, Rebuild) or (m.version, i) in plan.skipped:
+                done += 1  # a prebuilt index exists from its table's cut-over on
                 continue
-            try:
-                con.execute(stmt)
-            except sqlite3.Error as exc:
-                raise CheckFailed(
-                    f"Migration {m.path.name} failed",
-                    failure_detail(exc, stmt),
-                    "nothing was applied (the transaction was rolled back); fix the data or "
-                    "the migration and run again",
-                ) from exc
+            _statement(con, m, stmt)
             done += 1
             faults.point("migrate-between-statements")
             if on_progress:
@@ -268,6 +268,18 @@ def _apply(
         )
         timings[m.label] = seconds
     return timings
+
+
+def _statement(con: sqlite3.Connection, m: Migration, stmt: str) -> None:
+    try:
+        con.execute(stmt)
+    except sqlite3.Error as exc:
+        raise CheckFailed(
+            f"Migration {m.path.name} failed",
+            failure_detail(exc, stmt),
+            "nothing was applied (the transaction was rolled back); fix the data or "
+            "the migration and run again",
+        ) from exc
 
 
 def _record_undo(

@@ -213,15 +213,25 @@ def _migration_section(r: RunReport) -> list[str]:
             "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {b.table} | {b.mode} | {b.rows:,} | {b.batches} | {b.copy_seconds:.3f} "
+            f"| {b.table} | {_rebuild_mode(b)} | {b.rows:,} | {b.batches} | {b.copy_seconds:.3f} "
             f"| {b.backlog_at_cutover} | {b.cutover_seconds:.3f} | {b.longest_txn_seconds:.3f} |"
             for b in r.rebuilds
         ]
         lines.append(
             "Cut-over: the part of the migration's write lock spent draining the backlog and swapping "
-            "the tables. Blocking rebuilds copy inside the lock; online ones in short transactions before it."
+            "the tables. Blocking rebuilds copy inside the lock; online ones in short transactions before "
+            "it. An index build copies the table into a shadow that has the new indexes, then cuts over."
         )
     return lines
+
+
+def _rebuild_mode(b: RebuildStats) -> str:
+    """online / blocking, and what the shadow was for when it also carried new indexes."""
+    if b.index_build:
+        return f"online index build ({b.prebuilt_indexes} new)"
+    extra = f", {b.prebuilt_indexes} new indexes prebuilt" if b.prebuilt_indexes else ""
+    lock = f", {b.built_in_lock} built in the lock" if b.built_in_lock else ""
+    return f"{b.mode}{extra}{lock}"
 
 
 def _query_section(queries: list[QueryResult]) -> list[str]:

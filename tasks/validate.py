@@ -31,6 +31,7 @@ from liteshift.core.tables import read_table
 from liteshift.core.tracking import TrackingRow
 from liteshift.migrate.rehearsal import Rehearsal, rehearse
 from liteshift.rebuild.constraints import find_violations
+from liteshift.rebuild.prebuild import duplicate_keys, plan_online
 from liteshift.rebuild.schema import plan_copy
 
 
@@ -53,6 +54,7 @@ class Validation:
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
     rebuilds: list[str] = field(default_factory=list)  # tables the pending migrations rebuild
+    index_builds: list[str] = field(default_factory=list)  # tables copied online for new indexes
     undo: dict[str, str] = field(default_factory=dict)  # label -> down-section, derived or backup
 
     may_write: list[str] = field(default_factory=list)  # existing tables the ups write or redefine
@@ -83,10 +85,13 @@ def validate_database(cfg: RunConfig) -> Validation:
         rehearsal = rehearse(con, todo) if todo else Rehearsal({}, (), True)
         existing: list[str] = []
         rebuild_bytes = 0
+        index_builds: list[str] = []
         if todo:
             existing = _same_name_indexes(con, rehearsal, dropped_index_names(todo))
             _declared_queries_compile(con, todo)
             rebuild_bytes = _rebuild_checks(con, todo, cfg.rebuild_mode)
+            index_builds, index_bytes = _index_build_checks(con, todo, cfg)
+            rebuild_bytes += index_bytes
             begin_immediate(con, db, cfg.busy_timeout_ms)  # can we get the write lock at all?
             con.execute("ROLLBACK")
     free, required = _disk_space(cfg, size, rebuild_bytes) if todo else (0, 0)
@@ -108,6 +113,7 @@ def validate_database(cfg: RunConfig) -> Validation:
         pending=[m.label for m in todo],
         queries=[q for m in todo for q in m.queries],
         rebuilds=[r.table for m in todo for r in m.rebuilds],
+        index_builds=index_builds,
         touched_tables=list(rehearsal.touched_tables),
         indexes=rehearsal.indexes | rehearsal.carried,
         index_only=rehearsal.index_only,
@@ -231,6 +237,25 @@ def _rebuild_checks(con: sqlite3.Connection, todo: list[Migration], mode: str) -
                 )
             copied += table_bytes(con, r.table)
     return copied
+
+
+def _index_build_checks(
+    con: sqlite3.Connection, todo: list[Migration], cfg: RunConfig
+) -> tuple[list[str], int]:
+    """The tables copied online for their new indexes, and their bytes; a UNIQUE one over
+    duplicate keys is refused here, naming them, before anything is written."""
+    builds = [s for s in plan_online(con, todo, cfg.rebuild_mode, cfg.index_mode).tables if s.at_statement]
+    for shadowed in builds:  # (on a rebuild's shadow, the copy finds them, in the new columns)
+        for name, sql in shadowed.prebuilt:
+            found = duplicate_keys(con, shadowed.spec.table, sql)
+            if found:
+                raise BadInput(
+                    f"The unique index {name} cannot be built on {shadowed.spec.table}",
+                    found,
+                    "remove the duplicates (or drop UNIQUE from the index), then run again; "
+                    "nothing was written",
+                )
+    return [s.spec.table for s in builds], sum(table_bytes(con, s.spec.table) for s in builds)
 
 
 def _disk_space(cfg: RunConfig, size: int, rebuild_bytes: int = 0) -> tuple[int, int]:

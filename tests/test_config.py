@@ -29,6 +29,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "bench_max_runs": 200,
         "bench_budget_s": 1.0,
         "rebuild_mode": "auto",
+        "index_mode": "auto",
         "revert_window_h": 24.0,
         "maintenance_window": None,
         "require_approval": False,

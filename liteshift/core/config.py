@@ -119,6 +119,12 @@ class RunConfig(FlowParams):
         description="Table rebuilds: online (shadow table, batched copy, short cut-over), blocking "
         f"(one transaction), or auto: online from {ONLINE_MIN_ROWS:,} rows when each row keeps its key.",
     )
+    index_mode: Literal["auto", "online", "blocking"] = Field(
+        "auto",
+        description="CREATE INDEX on an existing table: online (the table copied into a shadow that has "
+        "the new index, beside the application, then the rebuild's short cut-over), blocking (built "
+        f"inside the migration's transaction), or auto: online from {ONLINE_MIN_ROWS:,} rows.",
+    )
     revert_window_h: float = Field(
         24.0,
         ge=0,

@@ -12,7 +12,8 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from liteshift.core import faults, tracking
@@ -25,7 +26,9 @@ from liteshift.core.throttle import Throttle
 from liteshift.rebuild.blocking import execute, restore_around
 from liteshift.rebuild.constraints import without_foreign_keys
 from liteshift.rebuild.foreign_keys import ForeignKey, check_foreign_keys, fk_failure, foreign_keys
+from liteshift.rebuild.prebuild import duplicate_keys
 from liteshift.rebuild.schema import (
+    STATE_COLUMNS,
     STATE_DDL,
     STATE_TABLE,
     Copy,
@@ -52,6 +55,7 @@ class Online:
     fks: list[ForeignKey] | None = None  # None: the cut-over runs the full foreign_key_check
     parents_seq: int | None = None  # parent changes up to here were seen by the last full check
     unchecked: set[tuple[object, ...]] = field(default_factory=set)  # keys reconciled since
+    prebuilt: tuple[tuple[str, str], ...] = ()  # (name, CREATE INDEX) of the batch, on the shadow
 
     @property
     def id(self) -> str:
@@ -118,10 +122,22 @@ def _shadow_index_sql(sql: str, temp_name: str, shadow: str) -> str:
     return text[: m.start("name")] + quote_ident(temp_name) + f" ON {quote_ident(shadow)} (" + text[o.end() :]
 
 
-def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str, timeout_ms: int) -> Online:
-    """Create (or find, after a crash) the shadow table, its indexes and the capture triggers."""
+def start_online(
+    con: sqlite3.Connection,
+    spec: Rebuild,
+    version: str,
+    path: str,
+    timeout_ms: int,
+    prebuilt: tuple[tuple[str, str], ...] = (),
+) -> Online:
+    """Create (or find, after a crash) the shadow table, its indexes and the capture triggers.
+
+    prebuilt: indexes the batch creates on the table, built on the shadow beside the application
+    (an index build: spec is the table's own definition) and named as declared at the cut-over.
+    """
     with write_transaction(con, path, timeout_ms):
         con.execute(STATE_DDL)
+        _add_state_columns(con)
         source = read_table(con, spec.table)
         copy = plan_copy(source, spec)
         if copy.shadow_key is None:
@@ -129,15 +145,19 @@ def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str
                 f"The rebuild of {source.name} cannot run online",
                 "the new definition does not keep each row's key (rowid or primary key) unchanged, "
                 "so changed rows could not be matched",
-                "use --rebuild-mode blocking",
+                "use --rebuild-mode blocking" + (" and --index-mode blocking" if prebuilt else ""),
             )
         n = names(source.name)
-        state = Online(spec, version, source, copy, RebuildStats(source.name, "online"))
+        state = Online(spec, version, source, copy, RebuildStats(source.name, "online"), prebuilt=prebuilt)
+        state.stats.index_build = bool(prebuilt) and spec.create_sql == source.sql
+        state.stats.prebuilt_indexes = len(prebuilt)
         state.fks = foreign_keys(con, spec.create_sql)
         row = con.execute(
-            f"SELECT phase, target_sql, source_sql, position FROM {STATE_TABLE} WHERE id = ?", (state.id,)
+            f"SELECT phase, target_sql, source_sql, position, prebuilt FROM {STATE_TABLE} WHERE id = ?",
+            (state.id,),
         ).fetchone()
-        if row and row[1] == spec.create_sql and row[2] == source.sql:
+        wanted = json.dumps([list(ix) for ix in prebuilt])
+        if row and row[1] == spec.create_sql and row[2] == source.sql and row[4] == wanted:
             state.phase, state.position = row[0], json.loads(row[3]) if row[3] else None
             return state  # resume where the killed run stopped
         drop_online_objects(con, source.name)
@@ -146,16 +166,30 @@ def start_online(con: sqlite3.Connection, spec: Rebuild, version: str, path: str
         con.execute(renamed(without_foreign_keys(spec.create_sql), n.shadow))
         for i, (_, sql) in enumerate(source.indexes):
             con.execute(_shadow_index_sql(sql, f"{n.index}_{i}", n.shadow))
+        for j, (_, sql) in enumerate(prebuilt):
+            execute(con, _shadow_index_sql(sql, _prebuilt_name(n, j), n.shadow), source)
         for ddl in _changes_ddl(n, source) + _parents_ddl(n, state.fks or []):
             con.execute(ddl)
         con.execute(
-            f"INSERT INTO {STATE_TABLE} (id, table_name, phase, target_sql, source_sql, started_at) "
-            "VALUES (?, ?, 'copy', ?, ?, ?)",
-            (state.id, source.name, spec.create_sql, source.sql, time.time()),
+            f"INSERT INTO {STATE_TABLE} (id, table_name, phase, target_sql, source_sql, started_at, "
+            "prebuilt) VALUES (?, ?, 'copy', ?, ?, ?, ?)",
+            (state.id, source.name, spec.create_sql, source.sql, time.time(), wanted),
         )
         faults.point("rebuild-preparing")
     faults.point("rebuild-prepared")
     return state
+
+
+def _prebuilt_name(n: Names, j: int) -> str:
+    return f"{n.index}_n{j}"
+
+
+def _add_state_columns(con: sqlite3.Connection) -> None:
+    """The state table of an older liteshift gains the columns added since (inside a transaction)."""
+    have = {r[1] for r in con.execute(f"PRAGMA table_info({STATE_TABLE})")}
+    for column, decl in STATE_COLUMNS.items():
+        if column not in have:
+            con.execute(f"ALTER TABLE {STATE_TABLE} ADD COLUMN {column} {decl}")
 
 
 def _key_where(key: tuple[str, ...], op: str, count: int = 1) -> str:
@@ -225,10 +259,31 @@ def copy_online(
     # own: a larger page cache keeps more of them in memory (measured: -22% copy time at 300K rows).
     con.execute(f"PRAGMA cache_size = {-1024 * throttle.cache_mib}")
     try:
-        with relaxed_sync(con):
+        with relaxed_sync(con), _duplicates_named(con, state):
             return _copy_online(con, state, path, timeout_ms, throttle, on_progress)
     finally:
         con.execute(f"PRAGMA cache_size = {int(cache)}")
+
+
+@contextmanager
+def _duplicates_named(con: sqlite3.Connection, state: Online) -> Iterator[None]:
+    """A UNIQUE index of the batch that meets two rows with one key (the application wrote them
+    during the copy, or the new columns make them equal) fails the copy naming the key."""
+    try:
+        yield
+    except CheckFailed as exc:
+        if "UNIQUE constraint failed" not in exc.why or not state.prebuilt or con.in_transaction:
+            raise
+        for name, sql in state.prebuilt:
+            found = duplicate_keys(con, state.source.name, sql) if state.stats.index_build else None
+            if found or (name in exc.why and not state.stats.index_build):
+                raise CheckFailed(
+                    f"The unique index {name} cannot be built on {state.source.name}",
+                    found or exc.why,
+                    "remove the duplicates (or drop UNIQUE from the index), then run again; "
+                    "nothing was swapped",
+                ) from exc
+        raise
 
 
 def _copy_online(
@@ -418,6 +473,9 @@ def cut_over(con: sqlite3.Connection, state: Online, retain_back: Rebuild | None
     prepared = list(state.source.indexes)
     prebuilt = {index: f"{n.index}_{i}" for i, index in enumerate(prepared)}
     indexes = [(name, sql, prebuilt.get((name, sql))) for name, sql in now.indexes]
+    # The batch's own indexes, built on the shadow: their statements are skipped, so they are
+    # not on the old table, and get their declared names here.
+    indexes += [(name, sql, _prebuilt_name(n, j)) for j, (name, sql) in enumerate(state.prebuilt)]
     _swap_schema_rows(con, n, indexes, (now.name, renamed(state.spec.create_sql, now.name)))
     for index in prepared:
         if index not in now.indexes:  # dropped by this migration's earlier statements
@@ -425,6 +483,7 @@ def cut_over(con: sqlite3.Connection, state: Online, retain_back: Rebuild | None
     for index in now.indexes:
         if index not in prebuilt:  # created by this migration's earlier statements: build it now
             execute(con, index[1], now)
+            state.stats.built_in_lock += 1
     con.execute(
         f"UPDATE {STATE_TABLE} SET phase = 'drop-old', table_name = ?, position = NULL WHERE id = ?",
         (n.old, state.id),

@@ -22,8 +22,11 @@ STATE_DDL = f"""CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     target_sql TEXT NOT NULL,
     source_sql TEXT NOT NULL,
     position TEXT,
-    started_at REAL NOT NULL
+    started_at REAL NOT NULL,
+    prebuilt TEXT NOT NULL DEFAULT '[]'
 )"""
+# Added after the first layout: the indexes of the batch built on the shadow (JSON [[name, sql]]).
+STATE_COLUMNS = {"prebuilt": "TEXT NOT NULL DEFAULT '[]'"}
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,9 @@ class RebuildStats:
     longest_txn_seconds: float = 0.0
     reconciled: int = 0
     retained: bool = False  # the old copy is kept, fed, for a revert (REVERT_PREFIX state)
+    index_build: bool = False  # copied for CREATE INDEX, not for a new definition
+    prebuilt_indexes: int = 0  # indexes of the batch built on the shadow, beside the application
+    built_in_lock: int = 0  # indexes built inside the migration's write lock at the cut-over
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
