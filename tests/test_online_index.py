@@ -12,7 +12,7 @@ import pytest
 from helpers import PROJECT_MIGRATIONS, migrations_dir, snapshot, tracked_versions, user_snapshot
 
 from liteshift.core.db import connection
-from liteshift.core.errors import BadInput, CheckFailed
+from liteshift.core.errors import BadInput, CheckFailed, DatabaseLocked
 from liteshift.core.indexes import index_definition
 from liteshift.core.migrations import load_migrations
 from liteshift.rebuild.prebuild import plan_online
@@ -298,3 +298,52 @@ def test_the_demo_batch_prebuilds_001s_indexes_on_002s_shadow(make_db, config) -
         (WORKLOG_INDEXES[0],),
     ]
     assert _rows(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+def _hold_the_lock(db: Path, seconds: float, started: threading.Event) -> None:
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    started.set()
+    time.sleep(seconds)
+    con.execute("COMMIT")
+    con.close()
+
+
+def test_a_long_application_transaction_does_not_end_the_copy(items_db, config, tmp_path) -> None:
+    d = migrations_dir(
+        tmp_path, {"001_x.sql": '-- migrate:up\nCREATE INDEX "by note" ON "Item List"(note);\n'}
+    )
+    cfg = config(items_db, migrations_dir=d, index_mode="online", busy_timeout_ms=200)
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_the_lock, args=(items_db, 1.5, started))
+    holder.start()
+    started.wait(10)
+    try:
+        stats = copy_rebuilds(cfg)  # its first batch waits past its busy timeout, twice or more
+    finally:
+        holder.join()
+    assert stats[0].rows == 20_000
+    assert apply_migrations(cfg).rebuilds[0].index_build
+
+
+def test_a_lock_held_past_every_retry_ends_the_copy_writing_nothing(
+    items_db, config, tmp_path, monkeypatch
+) -> None:
+    from liteshift.rebuild import online
+
+    monkeypatch.setattr(online, "LOCK_RETRIES", 2)
+    d = migrations_dir(
+        tmp_path, {"001_x.sql": '-- migrate:up\nCREATE INDEX "by note" ON "Item List"(note);\n'}
+    )
+    cfg = config(items_db, migrations_dir=d, index_mode="online", busy_timeout_ms=100)
+    started = threading.Event()
+    holder = threading.Thread(target=_hold_the_lock, args=(items_db, 3.0, started))
+    holder.start()
+    started.wait(10)
+    try:
+        with pytest.raises(DatabaseLocked) as err:
+            copy_rebuilds(cfg)
+    finally:
+        holder.join()
+    assert err.value.what == f"Database {items_db} is locked"
+    assert _rows(items_db, "SELECT name FROM sqlite_schema WHERE name LIKE 'liteshift_%'") == []

@@ -13,12 +13,12 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from liteshift.core import faults, tracking
-from liteshift.core.db import connection, relaxed_sync, write_transaction
-from liteshift.core.errors import BadInput, CheckFailed
+from liteshift.core.db import Held, connection, relaxed_sync, write_transaction
+from liteshift.core.errors import BadInput, CheckFailed, DatabaseLocked
 from liteshift.core.migrations import CREATE_INDEX_RE, Rebuild
 from liteshift.core.sql import quote_ident, strip_comments
 from liteshift.core.tables import Table, pk, read_table, renamed, without_rowid
@@ -122,6 +122,28 @@ def _shadow_index_sql(sql: str, temp_name: str, shadow: str) -> str:
     return text[: m.start("name")] + quote_ident(temp_name) + f" ON {quote_ident(shadow)} (" + text[o.end() :]
 
 
+# A copy takes minutes to hours: one long transaction of the application (past the busy timeout)
+# must not end it. Not getting the lock wrote nothing, so the batch asks again, backing off.
+LOCK_RETRIES = 6  # waits of 0.5, 1, 2, 4, 5 s between them, besides the busy timeout each time
+
+
+@contextmanager
+def _batch(con: sqlite3.Connection, path: str, timeout_ms: int) -> Iterator[Held]:
+    """One batch's write transaction; the lock not had within the busy timeout is asked for again."""
+    for attempt in range(LOCK_RETRIES):
+        stack = ExitStack()
+        try:
+            held = stack.enter_context(write_transaction(con, path, timeout_ms))
+        except DatabaseLocked:
+            if attempt == LOCK_RETRIES - 1:
+                raise
+            time.sleep(min(5.0, 0.5 * 2**attempt))
+            continue
+        with stack:
+            yield held
+        return
+
+
 def start_online(
     con: sqlite3.Connection,
     spec: Rebuild,
@@ -135,7 +157,7 @@ def start_online(
     prebuilt: indexes the batch creates on the table, built on the shadow beside the application
     (an index build: spec is the table's own definition) and named as declared at the cut-over.
     """
-    with write_transaction(con, path, timeout_ms):
+    with _batch(con, path, timeout_ms):
         con.execute(STATE_DDL)
         _add_state_columns(con)
         source = read_table(con, spec.table)
@@ -299,7 +321,7 @@ def _copy_online(
     total = max(1, con.execute(f"SELECT count(*) FROM {quote_ident(src.name)}").fetchone()[0])
     start = time.perf_counter()
     while state.phase == "copy":
-        with write_transaction(con, path, timeout_ms) as txn:
+        with _batch(con, path, timeout_ms) as txn:
             # Reconcile first, so the shadow matches the source up to the position: the range
             # copied next cannot then meet a stale row on a UNIQUE constraint.
             while _reconcile(con, state, throttle.rows, True) >= throttle.rows:
@@ -355,7 +377,7 @@ def _converge(con: sqlite3.Connection, state: Online, path: str, timeout_ms: int
     n = names(state.source.name)
     deadline = time.perf_counter() + throttle.converge_s
     while True:
-        with write_transaction(con, path, timeout_ms) as txn:
+        with _batch(con, path, timeout_ms) as txn:
             _reconcile(con, state, throttle.rows, False)
             faults.point("rebuild-reconcile")
         state.stats.longest_txn_seconds = max(state.stats.longest_txn_seconds, txn.held)
@@ -675,7 +697,7 @@ def _drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, thrott
         f"SELECT id, table_name FROM {STATE_TABLE} WHERE phase = 'drop-old'"
     ).fetchall():
         while True:
-            with write_transaction(con, path, timeout_ms) as txn:
+            with _batch(con, path, timeout_ms) as txn:
                 exists = con.execute(
                     "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (old,)
                 ).fetchone()
