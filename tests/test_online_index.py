@@ -347,3 +347,42 @@ def test_a_lock_held_past_every_retry_ends_the_copy_writing_nothing(
         holder.join()
     assert err.value.what == f"Database {items_db} is locked"
     assert _rows(items_db, "SELECT name FROM sqlite_schema WHERE name LIKE 'liteshift_%'") == []
+
+
+def test_a_row_changed_behind_the_capture_fails_the_checksum_before_the_swap(
+    items_db, config, tmp_path
+) -> None:
+    db = items_db
+    d = migrations_dir(tmp_path, {"001_x.sql": '-- migrate:up\nCREATE INDEX "by note" ON "Item List"(note);'})
+    cfg = config(db, migrations_dir=d, index_mode="online")
+    copy_rebuilds(cfg)
+    con = sqlite3.connect(db, isolation_level=None)
+    capture = con.execute(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND name LIKE 'liteshift_capture_%'"
+    ).fetchall()
+    assert capture  # the copy's capture triggers are on the table
+    con.execute("BEGIN")
+    for name, _ in capture:
+        con.execute(f"DROP TRIGGER {name}")
+    con.execute("UPDATE \"Item List\" SET note = 'behind' WHERE id IN (5, 9)")  # not recorded
+    for _, sql in capture:
+        con.execute(sql)
+    con.execute("COMMIT")
+    con.close()
+    before = user_snapshot(db)
+    with pytest.raises(CheckFailed) as err:
+        apply_migrations(cfg)
+    assert err.value.what == "The copy of Item List differs from the table"
+    assert err.value.why.startswith("first keys: id 5, id 9; a write reached the table without")
+    assert user_snapshot(db) == before
+    assert _rows(db, "SELECT name FROM sqlite_schema WHERE name LIKE 'liteshift_new_%'") == []
+    assert tracked_versions(db) == []
+
+
+def test_the_checksum_compares_every_row_across_ranges(items_db, config, tmp_path, monkeypatch) -> None:
+    from liteshift.rebuild import online
+
+    monkeypatch.setattr(online, "VERIFY_ROWS", 3_000)  # several ranges, the last one short
+    d = migrations_dir(tmp_path, {"001_x.sql": '-- migrate:up\nCREATE INDEX "by note" ON "Item List"(note);'})
+    stats = copy_rebuilds(config(items_db, migrations_dir=d, index_mode="online"))
+    assert stats[0].verified_rows == 20_000

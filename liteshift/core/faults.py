@@ -26,6 +26,7 @@ Point = Literal[
     "rebuild-prepared",
     "rebuild-copy-batch",
     "rebuild-reconcile",
+    "rebuild-verify-range",
     "migrate-locked",
     "migrate-between-statements",
     "rebuild-cutover-drained",

@@ -68,11 +68,11 @@ def restore_around(
         execute(con, sql, source)
     if source.sequence is not None and AUTOINCREMENT_RE.search(strip_comments(copy.target.sql)):
         updated = con.execute(
-            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (source.sequence, source.name)
+            "UPDATE main.sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (source.sequence, source.name)
         ).rowcount
         if not updated:
             con.execute(
-                "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (source.name, source.sequence)
+                "INSERT INTO main.sqlite_sequence (name, seq) VALUES (?, ?)", (source.name, source.sequence)
             )
     reparse_schema(con, source.name)
     (fk_check or (lambda: check_foreign_keys(con, source.name)))()

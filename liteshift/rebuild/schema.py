@@ -166,6 +166,7 @@ class RebuildStats:
     index_build: bool = False  # copied for CREATE INDEX, not for a new definition
     prebuilt_indexes: int = 0  # indexes of the batch built on the shadow, beside the application
     built_in_lock: int = 0  # indexes built inside the migration's write lock at the cut-over
+    verified_rows: int = 0  # rows compared with the table before the cut-over (the backlog aside)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
