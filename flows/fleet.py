@@ -45,7 +45,7 @@ from liteshift.fleet.outcomes import (
     should_halt,
     unfinished,
 )
-from liteshift.fleet.rollout import Plan, make_plan, read_plan, write_plan
+from liteshift.fleet.rollout import Plan, check_resume, make_plan, read_plan, replace_plan, write_plan
 
 # A child's exception is classified by its class's outcome (outcomes.error_family): every module
 # that defines a member of the error family is imported by now (tests/test_fleet.py checks it).
@@ -105,6 +105,7 @@ def migrate_fleet(
     plan_dir: str | None = None,
     deployment: str = CHILD_DEPLOYMENT,
     parameters: dict[str, Any] | None = None,
+    replan: bool = False,
 ) -> dict[str, int]:
     """Plan (or read the plan), check every queue is served, then the canary and the waves. A
     resume starts the crashed, deferred and unreached databases again; with retry_failed also the
@@ -120,6 +121,7 @@ def migrate_fleet(
         max_failure_rate,
         plan_dir,
         pending_timeout_s,
+        replan,
     )
     check_queues(sorted({t.queue for t in plan.targets}))
     children = adopt(plan)
@@ -165,16 +167,24 @@ def load_or_make_plan(
     max_failure_rate: float | None,
     plan_dir: str | None,
     timeout_s: float = 300.0,
+    replan: bool = False,
+    look_only: bool = False,
 ) -> Plan:
-    """The fleet's plan file when it exists (a resume keeps its plan), else a new one, written."""
+    """The fleet's plan file when it exists (a resume keeps its plan) and the manifest still
+    yields its databases, else a new one, written (replan: over the kept one). look_only (the
+    status of a fleet): the kept plan as it is, the manifest not read again."""
     directory = Path(plan_dir) if plan_dir else default_report_dir()
     existing = read_plan(directory, fleet_id)
-    if existing is not None:
+    if existing is not None and look_only:
         return existing
     spec = load_manifest(manifest)
+    targets = inventory(spec, lambda host: inventory_on_host(host, spec, fleet_id, timeout_s))
+    if existing is not None and not replan:
+        check_resume(existing, targets, str(manifest))
+        return existing
     plan = make_plan(
         fleet_id,
-        inventory(spec, lambda host: inventory_on_host(host, spec, fleet_id, timeout_s)),
+        targets,
         canary=canary,
         waves=[w.strip() for w in waves.split(",")],
         max_failures=max_failures,
@@ -182,7 +192,10 @@ def load_or_make_plan(
         migrations_dir=str(migrations_dir or spec.migrations_dir or default_migrations_dir()),
         manifest=str(manifest),
     )
-    write_plan(plan, directory)
+    if existing is not None:
+        replace_plan(plan, directory)
+    else:
+        write_plan(plan, directory)
     return plan
 
 

@@ -456,6 +456,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             cfg.max_failures,
             cfg.max_failure_rate,
             None if cfg.plan_dir is None else str(cfg.plan_dir),
+            replan=cfg.replan,
+            look_only=args.action == "status",
         )
         children = fleet_flow.adopt(plan) if args.action == "status" else None
         return str(fleet_flow.describe(plan, children, args.json))

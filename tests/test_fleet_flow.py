@@ -124,3 +124,64 @@ def test_status_shows_each_database_state_and_why_it_is_not_migrated() -> None:
         (canary, "completed", ""),
         (other, "refused", refused.error),
     ]
+
+
+def _fleet(tmp_path, names: list[str]):  # type: ignore[no-untyped-def]
+    (tmp_path / "dbs").mkdir(exist_ok=True)
+    for name in names:
+        (tmp_path / "dbs" / name).write_bytes(b"")
+    spec = tmp_path / "fleet.toml"
+    spec.write_text('[hosts.db-1]\npaths = ["dbs/*.db"]\n')
+    return spec
+
+
+def _load(spec, tmp_path, **kw):  # type: ignore[no-untyped-def]
+    return fleet_flow.load_or_make_plan(
+        spec, "f1", None, 1, "100%", None, None, str(tmp_path / "plans"), **kw
+    )
+
+
+def test_a_resume_whose_manifest_yields_other_databases_is_refused_naming_them(tmp_path) -> None:
+    spec = _fleet(tmp_path, ["a.db", "b.db"])
+    first = _load(spec, tmp_path)
+    kept = (tmp_path / "plans" / "fleet-f1.json").read_text()
+    (tmp_path / "dbs" / "b.db").unlink()
+    _fleet(tmp_path, ["c.db", "d.db"])  # the globs now match other files
+    with pytest.raises(rollout.PlanInvalid) as err:
+        _load(spec, tmp_path)
+    dbs = tmp_path / "dbs"
+    assert err.value.what == "Fleet f1 was planned for other databases"
+    assert err.value.why == (
+        f"{spec} now yields 2 the plan does not have (db-1:{dbs / 'c.db'}, db-1:{dbs / 'd.db'}) and "
+        f"not 1 it has (db-1:{dbs / 'b.db'}); a resume only finishes the plan of {first.created_at}"
+    )
+    assert err.value.hint == (
+        "start a new fleet with another --fleet-id, or plan fleet f1 again over what the manifest "
+        "yields now with --replan (databases it already migrated are not migrated twice)"
+    )
+    assert err.value.exit_code == 2
+    assert (tmp_path / "plans" / "fleet-f1.json").read_text() == kept  # nothing changed
+
+
+def test_a_resume_over_the_same_databases_keeps_its_plan_and_replan_replaces_it(tmp_path) -> None:
+    spec = _fleet(tmp_path, ["a.db", "b.db"])
+    first = _load(spec, tmp_path)
+    assert _load(spec, tmp_path) == first
+    _fleet(tmp_path, ["c.db"])
+    assert _load(spec, tmp_path, look_only=True) == first  # the status of the kept plan
+    again = _load(spec, tmp_path, replan=True)
+    assert sorted(t.key.rsplit("/", 1)[1] for t in again.targets) == ["a.db", "b.db", "c.db"]
+    assert rollout.read_plan(tmp_path / "plans", "f1") == again
+    assert _load(spec, tmp_path) == again  # and it is what a resume now keeps
+
+
+def test_the_fleet_command_refuses_such_a_resume_before_anything_starts(tmp_path, capsys) -> None:
+    from liteshift.cli import main
+
+    spec = _fleet(tmp_path, ["a.db"])
+    plans = str(tmp_path / "plans")
+    assert main(["fleet", "plan", "--manifest", str(spec), "--fleet-id", "f1", "--plan-dir", plans]) == 0
+    _fleet(tmp_path, ["z.db"])
+    code = main(["fleet", "run", "--manifest", str(spec), "--fleet-id", "f1", "--plan-dir", plans])
+    assert code == 2
+    assert "Error: Fleet f1 was planned for other databases" in capsys.readouterr().err

@@ -49,3 +49,8 @@ class FleetConfig(FlowParams):
     parameters: dict[str, Any] | None = Field(
         None, description="migrate-database parameters for every database; NAME=VALUE with --param."
     )
+    replan: bool = Field(
+        False,
+        description="Plan the fleet id again over what the manifest yields now, replacing its kept plan "
+        "(a resume is otherwise refused when they differ).",
+    )

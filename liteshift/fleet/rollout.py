@@ -279,3 +279,46 @@ def write_plan(plan: Plan, directory: Path) -> Path:
             f"use a new --fleet-id, or delete {path} to plan fleet {plan.fleet_id} again",
         )
     return path
+
+
+def check_resume(saved: Plan, targets: list[Target], manifest: str) -> None:
+    """A resume goes on only over the databases its plan was made for: refuse, before anything
+    starts, when the manifest now yields others (globs matching new files, a host added)."""
+    kept, now = {t.key for t in saved.targets}, {t.key for t in targets}
+    if kept == now:
+        return
+    added, gone = sorted(now - kept), sorted(kept - now)
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    differs = [f"{len(added)} the plan does not have ({some(added)})"] if added else []
+    differs += [f"not {len(gone)} it has ({some(gone)})"] if gone else []
+    raise PlanInvalid(
+        f"Fleet {saved.fleet_id} was planned for other databases",
+        f"{manifest} now yields {' and '.join(differs)}; a resume only finishes the plan of "
+        f"{saved.created_at}",
+        f"start a new fleet with another --fleet-id, or plan fleet {saved.fleet_id} again over what "
+        "the manifest yields now with --replan (databases it already migrated are not migrated twice)",
+    )
+
+
+def replace_plan(plan: Plan, directory: Path) -> Path:
+    """Keep a new plan for a fleet id over its old one (--replan), atomically and durably."""
+    path = plan_file(Path(directory), plan.fleet_id)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(plan.to_json())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
