@@ -39,6 +39,7 @@ BEFORE_COMMIT = {
     "rebuild-prepared",
     "rebuild-copy-batch",
     "rebuild-reconcile",
+    "rebuild-verify-range",
     "migrate-locked",
     "migrate-between-statements",
     "rebuild-cutover-drained",
