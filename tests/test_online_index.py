@@ -386,3 +386,49 @@ def test_the_checksum_compares_every_row_across_ranges(items_db, config, tmp_pat
     d = migrations_dir(tmp_path, {"001_x.sql": '-- migrate:up\nCREATE INDEX "by note" ON "Item List"(note);'})
     stats = copy_rebuilds(config(items_db, migrations_dir=d, index_mode="online"))
     assert stats[0].verified_rows == 20_000
+
+
+PAIR = '"Pair Table"'
+PEOPLES_TABLES = {
+    # WITHOUT ROWID, a composite primary key, quoted names
+    "without-rowid": [
+        f'CREATE TABLE {PAIR} (a INTEGER, "b col" TEXT, v INTEGER, PRIMARY KEY (a, "b col")) WITHOUT ROWID',
+    ],
+    # an AUTOINCREMENT parent with a cascading child, a view and a trigger naming it
+    "autoincrement-parent": [
+        f'CREATE TABLE {PAIR} (id INTEGER PRIMARY KEY AUTOINCREMENT, a INTEGER, "b col" TEXT, v INTEGER)',
+        f"CREATE TABLE child (id INTEGER PRIMARY KEY, pid INTEGER REFERENCES {PAIR}(id) ON DELETE CASCADE)",
+        f'CREATE VIEW "pair view" AS SELECT a, v FROM {PAIR}',
+        "CREATE TABLE audit (what TEXT)",
+        f'CREATE TRIGGER t_ins AFTER INSERT ON {PAIR} BEGIN INSERT INTO audit VALUES (NEW."b col"); END',
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PEOPLES_TABLES))
+def test_an_online_index_on_tables_as_people_write_them(tmp_path, config, kind) -> None:
+    db = tmp_path / "real.db"
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    for stmt in PEOPLES_TABLES[kind]:
+        con.execute(stmt)
+    con.execute("BEGIN")
+    rows = [(i, f"k{i}", i % 9) for i in range(3000)]
+    con.executemany(f'INSERT INTO {PAIR} (a, "b col", v) VALUES (?, ?, ?)', rows)
+    if kind == "autoincrement-parent":
+        con.executemany("INSERT INTO child (pid) VALUES (?)", [(1 + i % 3000,) for i in range(1000)])
+        con.execute(f"DELETE FROM {PAIR} WHERE id > 2990")  # top ids gone: the sequence must keep them
+    con.execute("COMMIT")
+    con.close()
+    ordered = f'SELECT * FROM {PAIR} ORDER BY a, "b col"'  # a new index may change SELECT *'s order
+    content, before = _rows(db, ordered), user_snapshot(db)
+    d = migrations_dir(tmp_path, {"001_x.sql": f'-- migrate:up\nCREATE INDEX "by v" ON {PAIR}(v, "b col");'})
+    result = apply_migrations(config(db, migrations_dir=d, index_mode="online"))
+    assert result.rebuilds[0].index_build and result.rows_changed == 0
+    changed = {"schema:index:by v", "rows:Pair Table"}
+    assert {k: v for k, v in user_snapshot(db).items() if k not in changed} == {
+        k: v for k, v in before.items() if k not in changed
+    }
+    assert _rows(db, ordered) == content
+    assert _rows(db, "PRAGMA integrity_check") == [("ok",)] and _rows(db, "PRAGMA foreign_key_check") == []
+    assert "by v" in str(_rows(db, f'EXPLAIN QUERY PLAN SELECT "b col" FROM {PAIR} WHERE v = 3'))
