@@ -401,8 +401,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         result = maintain_database(**cfg.flow_parameters())
         return result, render(result)
 
-    result, text = _in_flow(cfg.database, run)
-    print(json.dumps(result.as_dict()) if args.json else text, end="\n" if args.json else "")
+    result = _show_flow_result(_in_flow(cfg.database, run), args.json)
     return EXIT_OK if result.status == "completed" else EXIT_FAILED
 
 
@@ -416,9 +415,18 @@ def cmd_archive(args: argparse.Namespace) -> int:
         result = archive_rows(**cfg.flow_parameters())
         return result, render(result)
 
-    result, text = _in_flow(cfg.database, run)
-    print(json.dumps(result.as_dict()) if args.json else text, end="\n" if args.json else "")
+    _show_flow_result(_in_flow(cfg.database, run), args.json)
     return EXIT_OK
+
+
+R = TypeVar("R", "Maintenance", "ArchiveResult")
+
+
+def _show_flow_result(done: tuple[R, str], as_json: bool) -> R:
+    """A flow's result as one JSON object, or as the markdown its flow publishes."""
+    result, text = done
+    print(json.dumps(result.as_dict()) if as_json else text, end="\n" if as_json else "")
+    return result
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
