@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from liteshift.core import faults, tracking
 from liteshift.core.db import Held, connection, relaxed_sync, write_transaction
 from liteshift.core.errors import BadInput, CheckFailed, DatabaseLocked
-from liteshift.core.migrations import CREATE_INDEX_RE, Rebuild
-from liteshift.core.sql import quote_ident, strip_comments
+from liteshift.core.migrations import Rebuild
+from liteshift.core.sql import quote_ident
 from liteshift.core.tables import AUTOINCREMENT_RE, ROWID_NAMES, Table, pk, read_table, renamed, without_rowid
 from liteshift.core.throttle import Throttle
 from liteshift.rebuild.blocking import execute, restore_around
@@ -38,6 +38,7 @@ from liteshift.rebuild.schema import (
     drop_online_objects,
     names,
     plan_copy,
+    shadow_index_sql,
 )
 
 
@@ -112,16 +113,6 @@ def _parents_ddl(n: Names, fks: list[ForeignKey]) -> list[str]:
     return ddl
 
 
-def _shadow_index_sql(sql: str, temp_name: str, shadow: str) -> str:
-    """A CREATE INDEX statement re-aimed at the shadow table under a temporary name."""
-    text = strip_comments(sql)
-    m = CREATE_INDEX_RE.match(text)
-    on = re.compile(r"\s+ON\s+(?:\"(?:[^\"]|\"\")+\"|`(?:[^`]|``)+`|\[[^\]]+\]|[\w$]+)\s*\(", re.I)
-    if m is None or (o := on.search(text, m.end())) is None:
-        raise BadInput("Cannot read an index definition", text[:80], "report this index's SQL to liteshift")
-    return text[: m.start("name")] + quote_ident(temp_name) + f" ON {quote_ident(shadow)} (" + text[o.end() :]
-
-
 # A copy takes minutes to hours: one long transaction of the application (past the busy timeout)
 # must not end it. Not getting the lock wrote nothing, so the batch asks again, backing off.
 LOCK_RETRIES = 6  # waits of 0.5, 1, 2, 4, 5 s between them, besides the busy timeout each time
@@ -187,9 +178,9 @@ def start_online(
         # be checked against (or cascade into) rows the migration has not committed yet.
         con.execute(renamed(without_foreign_keys(spec.create_sql), n.shadow))
         for i, (_, sql) in enumerate(source.indexes):
-            con.execute(_shadow_index_sql(sql, f"{n.index}_{i}", n.shadow))
+            con.execute(shadow_index_sql(sql, f"{n.index}_{i}", n.shadow))
         for j, (_, sql) in enumerate(prebuilt):
-            execute(con, _shadow_index_sql(sql, _prebuilt_name(n, j), n.shadow), source)
+            execute(con, shadow_index_sql(sql, _prebuilt_name(n, j), n.shadow), source)
         for ddl in _changes_ddl(n, source) + _parents_ddl(n, state.fks or []):
             con.execute(ddl)
         con.execute(
@@ -635,7 +626,7 @@ def _swap_schema_rows(
             spare = f"{n.old}_ix_{j}"
             con.execute(
                 "UPDATE sqlite_schema SET name = ?, sql = ? WHERE type = 'index' AND name = ?",
-                (spare, _shadow_index_sql(sql, spare, n.old), name),
+                (spare, shadow_index_sql(sql, spare, n.old), name),
             )
             if prebuilt is not None:
                 con.execute(
@@ -687,7 +678,7 @@ def _retain_old(
                 "UPDATE sqlite_schema SET name = ?, sql = ? WHERE type = 'index' AND name = ?",
                 (
                     temp,
-                    _shadow_index_sql(index[1], temp, n.shadow),
+                    shadow_index_sql(index[1], temp, n.shadow),
                     f"{n.old}_ix_{old_indexes.index(index)}",
                 ),
             )
@@ -716,7 +707,7 @@ def shadow_indexes_match(con: sqlite3.Connection, state: Online) -> bool:
         ).fetchall()
     )
     want = {
-        f"{n.index}_{i}": _shadow_index_sql(sql, f"{n.index}_{i}", n.shadow)
+        f"{n.index}_{i}": shadow_index_sql(sql, f"{n.index}_{i}", n.shadow)
         for i, (_, sql) in enumerate(state.source.indexes)
     }
     return have == want

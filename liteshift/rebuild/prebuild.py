@@ -17,13 +17,13 @@ import re
 import sqlite3
 from dataclasses import dataclass, field
 
+from liteshift.core.errors import BadInput
 from liteshift.core.migrations import CREATE_INDEX_RE, IDENT, Migration, Rebuild
 from liteshift.core.sql import quote_ident, strip_comments, unquote
 from liteshift.core.tables import read_table, renamed
-from liteshift.rebuild.schema import choose_mode
+from liteshift.rebuild.schema import ON_TABLE_RE, choose_mode, shadow_index_sql
 
 ANALYZE_RE = re.compile(rf"^\s*ANALYZE\s+(?:main\s*\.\s*)?(?P<name>{IDENT})\s*;?\s*$", re.IGNORECASE)
-ON_TABLE_RE = re.compile(rf"\s+ON\s+(?:main\s*\.\s*)?(?P<table>{IDENT})\s*\(", re.IGNORECASE)
 DDL_RE = re.compile(r"^\s*(CREATE|ALTER|DROP|REINDEX)\b", re.IGNORECASE)
 
 Position = tuple[str, int]  # (migration version, index of the step in its up)
@@ -188,11 +188,9 @@ def _fits(create_sql: str, ix: NewIndex) -> bool:
     scratch = sqlite3.connect(":memory:")
     try:
         scratch.execute(renamed(create_sql, "t"))
-        on = ON_TABLE_RE.search(ix.sql)
-        assert on is not None
-        scratch.execute(ix.sql[: on.start("table")] + quote_ident("t") + ix.sql[on.end("table") :])
+        scratch.execute(shadow_index_sql(ix.sql, "i", "t"))
         return True
-    except sqlite3.Error:
+    except (sqlite3.Error, BadInput):
         return False
     finally:
         scratch.close()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from dataclasses import asdict, dataclass
 
 from liteshift.core.config import ONLINE_MIN_ROWS
 from liteshift.core.errors import BadInput
-from liteshift.core.migrations import Rebuild
-from liteshift.core.sql import failure_detail, quote_ident
+from liteshift.core.migrations import CREATE_INDEX_RE, IDENT, Rebuild
+from liteshift.core.sql import failure_detail, quote_ident, strip_comments
 from liteshift.core.tables import Table, describe, read_table
 
 STATE_TABLE = "liteshift_rebuilds"
@@ -218,3 +219,17 @@ def capture_triggers(con: sqlite3.Connection, n: Names) -> list[str]:
         (len(prefix), prefix),
     )
     return [r[0] for r in rows]
+
+
+# CREATE INDEX ... ON [main.]table ( : where the table's name stands in an index statement.
+ON_TABLE_RE = re.compile(rf"\s+ON\s+(?:main\s*\.\s*)?(?P<table>{IDENT})\s*\(", re.IGNORECASE)
+
+
+def shadow_index_sql(sql: str, temp_name: str, shadow: str) -> str:
+    """A CREATE INDEX statement re-aimed at another table (a shadow) under another name."""
+    text = strip_comments(sql)
+    m = CREATE_INDEX_RE.match(text)
+    if m is None or (on := ON_TABLE_RE.search(text, m.end())) is None:
+        raise BadInput("Cannot read an index definition", text[:80], "report this index's SQL to liteshift")
+    head = text[: m.start("name")] + quote_ident(temp_name)
+    return f"{head} ON {quote_ident(shadow)} (" + text[on.end() :]
