@@ -157,3 +157,20 @@ def test_a_bad_value_names_the_field_and_the_command() -> None:
         "Invalid parameter max_parallel",
         "see 'liteshift fleet --help' for the accepted values",
     )
+
+
+@pytest.mark.parametrize(
+    "model,fields",
+    [
+        (RunConfig, {}),
+        (ArchiveConfig, {"archive": "a.db", "table": "t", "column": "c"}),
+        (MaintainConfig, {"action": "analyze"}),
+        (HealthConfig, {}),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_every_model_with_a_window_refuses_a_bad_one(model: type[FlowParams], fields: dict[str, str]) -> None:
+    from liteshift.core.window import WindowInvalid
+
+    with pytest.raises(WindowInvalid, match="Invalid maintenance_window 'Sun 9-5'"):
+        model.from_parameters({"database": "x.db", "maintenance_window": "Sun 9-5", **fields})

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from liteshift.core.config import FlowParams
-from liteshift.core.window import parse_window
 
 
 class ArchiveConfig(FlowParams):
@@ -31,10 +30,3 @@ class ArchiveConfig(FlowParams):
     budget_s: float = Field(
         0.005, gt=0, description="Seconds each delete batch may hold the write lock; batches adapt to it."
     )
-
-    @field_validator("maintenance_window")
-    @classmethod
-    def _window(cls, value: str | None) -> str | None:
-        if value:
-            parse_window(value)
-        return value or None

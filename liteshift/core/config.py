@@ -59,6 +59,13 @@ class FlowParams(BaseModel):
     command: ClassVar[str] = ""  # the liteshift command whose --help lists the accepted values
     negatable: ClassVar[bool] = False  # a switch also has its --no-NAME option
 
+    @field_validator("maintenance_window", check_fields=False)  # for the flows that have one
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value:
+            parse_window(value)  # a bad window fails here, before anything runs
+        return value or None
+
     @classmethod
     def from_parameters(cls, params: dict[str, Any]) -> Self:
         """Validate flat parameters (None: the default) or raise BadInput naming the field."""
@@ -154,13 +161,6 @@ class RunConfig(FlowParams):
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(value).expanduser()
-
-    @field_validator("maintenance_window")
-    @classmethod
-    def _window(cls, value: str | None) -> str | None:
-        if value:
-            parse_window(value)  # a bad window fails here, before anything runs
-        return value or None
 
     @property
     def backup_directory(self) -> Path:

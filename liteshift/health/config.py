@@ -5,16 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from liteshift.core.config import FlowParams
-from liteshift.core.window import parse_window
-
-
-def _checked_window(value: str | None) -> str | None:
-    if value:
-        parse_window(value)  # a bad window fails here, before anything runs
-    return value or None
 
 
 class HealthConfig(FlowParams):
@@ -52,8 +45,6 @@ class HealthConfig(FlowParams):
         None, description="Parameters of that archive-rows run (table, column, older_than, archive)."
     )
 
-    _window = field_validator("maintenance_window")(_checked_window)
-
 
 class MaintainConfig(FlowParams):
     """Everything a run of the `database-maintenance` flow can be told."""
@@ -77,5 +68,3 @@ class MaintainConfig(FlowParams):
     thresholds: dict[str, Any] | None = Field(
         None, description="Threshold overrides by name for the measurements before and after."
     )
-
-    _window = field_validator("maintenance_window")(_checked_window)
