@@ -413,11 +413,11 @@ def verify_copy(con: sqlite3.Connection, state: Online, chunk: int = VERIFY_ROWS
                     f"({', '.join(quote_ident(k) for k in src.key)}) NOT IN (SELECT {ks} FROM {n.changes})"
                 )
                 con.execute(f"DELETE FROM temp.{scratch}")
-                con.execute(
+                compared = con.execute(
                     f"INSERT INTO temp.{scratch} ({cols}) "
                     + copy.select(src, " WHERE " + " AND ".join([*lower, *upper, fresh])),
                     params,
-                )
+                ).rowcount
                 s_lower = [_key_where(skey, ">")] if position is not None else []
                 s_upper = [_key_where(skey, "<=")] if bound else []
                 s_fresh = f"({', '.join(quote_ident(k) for k in skey)}) NOT IN (SELECT {ks} FROM {n.changes})"
@@ -441,7 +441,7 @@ def verify_copy(con: sqlite3.Connection, state: Online, chunk: int = VERIFY_ROWS
                     "records it (a connection with triggers dropped, or a file changed by hand)",
                     "run again: the copy starts over; nothing was swapped",
                 )
-            state.stats.verified_rows += con.execute(f"SELECT count(*) FROM temp.{scratch}").fetchone()[0]
+            state.stats.verified_rows += compared
             if bound is None:
                 return
             position = tuple(bound)
