@@ -225,10 +225,21 @@ def _apply(
     timings = {}
     total = max(1, sum(len(m.steps) for m in todo))
     done = 0
+    # A prebuilt index exists from its table's cut-over on, which may come before its statement:
+    # the inverse of that statement is read now, from the schema the batch started from.
+    early = {
+        (m.version, i): inverse.inverse_of(con, s)
+        for m in todo
+        for i, s in enumerate(m.steps)
+        if (m.version, i) in plan.skipped
+    }
     for m in todo:
         start = time.perf_counter()
         for i, stmt in enumerate(m.steps):
-            recorders[m.version].before(con, stmt)  # its inverse, read before it runs
+            if (m.version, i) in early:
+                recorders[m.version].add(stmt, early[(m.version, i)])
+            else:
+                recorders[m.version].before(con, stmt)  # its inverse, read before it runs
             state = shadows.get((m.version, i))
             if state is not None:  # an online rebuild, or the first prebuilt index of its table
                 kept = retain and isinstance(stmt, Rebuild)

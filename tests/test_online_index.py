@@ -432,3 +432,21 @@ def test_an_online_index_on_tables_as_people_write_them(tmp_path, config, kind) 
     assert _rows(db, ordered) == content
     assert _rows(db, "PRAGMA integrity_check") == [("ok",)] and _rows(db, "PRAGMA foreign_key_check") == []
     assert "by v" in str(_rows(db, f'EXPLAIN QUERY PLAN SELECT "b col" FROM {PAIR} WHERE v = 3'))
+
+
+def test_a_derived_down_drops_every_prebuilt_index_if_not_exists_included(make_db, config, tmp_path) -> None:
+    """001 without its down, built online: its second worklogs index exists from the cut-over at
+    the first one, so its IF NOT EXISTS must not read as "it was there before" (make reliability's
+    writers test found the index left behind by the rollback)."""
+    db = make_db()
+    up = (PROJECT_MIGRATIONS / "001_add_composite_indexes.sql").read_text().split("-- migrate:down")[0]
+    d = migrations_dir(tmp_path, {"001_add_composite_indexes.sql": up})
+    before = user_snapshot(db)
+    indexes = "SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE '%liteshift%' ORDER BY 1"
+    own = _rows(db, indexes)
+    apply_migrations(config(db, migrations_dir=d, index_mode="online"))
+    assert rollback_database(db, d).action == "derived-down"
+    assert _rows(db, indexes) == own
+    assert {k: v for k, v in user_snapshot(db).items() if "sqlite_stat" not in k} == {
+        k: v for k, v in before.items() if "sqlite_stat" not in k
+    }

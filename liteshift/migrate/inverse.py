@@ -46,6 +46,14 @@ _RENAME_TABLE_RE = re.compile(_ALTER + rf"RENAME\s+TO\s+(?P<new>{IDENT})\s*$", r
 _NOOP_RE = re.compile(r"^(ANALYZE|REINDEX)\b", re.IGNORECASE)
 
 
+def inverse_of(con: sqlite3.Connection, step: Step) -> list[Step] | None:
+    """invert(), None also when the step itself fails or is refused where it runs."""
+    try:
+        return invert(con, step)
+    except (MigrationError, sqlite3.Error):
+        return None
+
+
 def invert(con: sqlite3.Connection, step: Step) -> list[Step] | None:
     """The steps that undo `step`, read from the schema as it is before `step` runs; None: none."""
     if isinstance(step, Rebuild):
@@ -152,10 +160,10 @@ class Recorder:
 
     def before(self, con: sqlite3.Connection, step: Step) -> None:
         """Read the inverse of `step` from the schema now, before it runs."""
-        try:
-            inv = invert(con, step)
-        except (MigrationError, sqlite3.Error):
-            inv = None  # the step itself fails or is refused where it runs; it has no inverse
+        self.add(step, inverse_of(con, step))
+
+    def add(self, step: Step, inv: list[Step] | None) -> None:
+        """Record the inverse of `step`, read earlier (or just now by before())."""
         self.parts.append(inv)
         if isinstance(step, Rebuild):
             back = inv[0] if inv else None
