@@ -1,7 +1,7 @@
 """SIGKILL a real online table rebuild at every point it passes, while an application writes.
 
 Per point: a 20K-row demo database, a migration that rebuilds worklogs with a CHECK constraint
-(and creates an index before the rebuild, so the cut-over builds one too), and a separate writer
+(and creates an index before the rebuild, which is built on the rebuild's shadow), and a separate writer
 process committing single-row inserts, updates and deletes from before the killed run until after
 the rerun. After the kill: integrity_check is ok, worklogs is either fully old or fully new and
 the application still writes. After the rerun: migration 001 is applied once, worklogs has the
@@ -67,6 +67,8 @@ MIGRATION = f"""-- Worklogs get a positive duration, through an online rebuild.
 
 -- migrate:up
 CREATE INDEX IF NOT EXISTS {NEW_INDEX} ON worklogs(started);
+-- Run as written (the index above is built on the rebuild's shadow): migrate-between-statements.
+ANALYZE worklogs;
 
 -- migrate:rebuild worklogs
 {TARGET_SQL};
