@@ -76,6 +76,7 @@ def archive_rows(
     maintenance_window: str | None = None,
     busy_timeout_ms: int = 5000,
     budget_s: float = 0.005,
+    wal_limit_mb: float = 256.0,
 ) -> ArchiveResult:
     """Move the rows with column < cutoff into archive; stop at the window's end."""
     db = Path(database)
@@ -102,6 +103,7 @@ def archive_rows(
             value,
             timeout_ms=busy_timeout_ms,
             budget_s=budget_s,
+            wal_limit_mb=wal_limit_mb,
             deadline=deadline,
             on_progress=progress(db, "archive"),
         )

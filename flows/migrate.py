@@ -84,6 +84,7 @@ def migrate_database(
     rebuild_mode: str | None = None,
     index_mode: str | None = None,
     revert_window_h: float | None = None,
+    wal_limit_mb: float | None = None,
     maintenance_window: str | None = None,
     require_approval: bool | None = None,
     approval_timeout_s: int | None = None,

@@ -6,6 +6,7 @@ two databases of the same name never overwrite each other's artifacts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +23,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from liteshift.core.names import db_key
+from liteshift.core.progress import Progress, Tick, line, wal_bytes
 from liteshift.tasks.report import RunReport
 from liteshift.tasks.rollback import Rollback
 
@@ -37,19 +39,31 @@ def tag_run(database: Path) -> None:
         client.update_flow_run(run.id, tags=sorted({*run.tags, "liteshift", f"db-{db_key(database)}"}))
 
 
-def progress(database: Path, what: str) -> Callable[[float], None] | None:
-    """A progress artifact for a long step, updated by the step's callback (0.0 to 1.0)."""
+def progress(database: Path, what: str) -> Progress | None:
+    """A progress artifact for a long step, updated by the step's ticks: the bar is the phase's
+    fraction, the description the line a terminal shows (phase, done of total, rate, time left)."""
     try:
         artifact_id = create_progress_artifact(
             0.0, key=f"liteshift-{what}-{db_key(database)}", description=f"{what} of {database.name}"
         )
     except Exception:  # progress is nice to have; never fail a migration over it
         return None
+    started: dict[str, tuple[float, int]] = {}  # phase: when and where it was first told
+    posted: list[tuple[str, float, float]] = [("", -1.0, 0.0)]  # phase, percent, when
 
-    def update(fraction: float) -> None:
+    def update(tick: Tick) -> None:
+        now = time.monotonic()
+        since, first = started.setdefault(tick.phase, (now, tick.done))
+        pct = round(tick.fraction * 100, 1)
+        phase, shown, at = posted[0]
+        if (phase, shown) == (tick.phase, pct) or (phase == tick.phase and pct < 100 and now - at < 1.0):
+            return  # at most one post a second within a phase; its start and end always
+        posted[0] = (tick.phase, pct, now)
+        wal = wal_bytes(tick.database) if tick.database else None
+        text = f"{line(tick, since, first, now, wal)} ({database.name})"
         # Posted from a thread: the migrate step calls this while it holds the write lock, and an
         # API round trip must not lengthen the lock.
-        _post(update_progress_artifact, cast(UUID, artifact_id), round(fraction * 100, 1))
+        _post(update_progress_artifact, cast(UUID, artifact_id), pct, text)
 
     return update
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from liteshift.archive.config import ArchiveConfig
+from liteshift.core import progress
 from liteshift.core.config import (
     DEMO_MIGRATIONS_DIR,
     FlowParams,
@@ -61,6 +62,8 @@ FLEET_OPTIONS = tuple(FleetConfig.model_fields)
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; return the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in SHOWS_PROGRESS:
+        progress.show_on(sys.stderr)  # one live line on a terminal, plain lines otherwise
     try:
         return int(args.func(args))
     except MigrationError as exc:
@@ -73,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    finally:
+        progress.hide()
+
+
+# The commands whose long phases (backup, copy, verify, drop, archive) draw a progress line on
+# stderr: rewritten in place on a terminal; otherwise, and with --json, a plain line now and then.
+SHOWS_PROGRESS = frozenset({"run", "demo", "plan", "rollback", "archive", "maintain"})
 
 
 def _parser() -> argparse.ArgumentParser:

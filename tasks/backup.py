@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +25,11 @@ from liteshift.core.db import (
     write_transaction,
 )
 from liteshift.core.errors import BadInput, CheckFailed, MigrationError
+from liteshift.core.progress import Progress, Tick, tell
 from liteshift.migrate import ledger
 from liteshift.migrate.restore import trim_ledger
 
 PARTIAL_SUFFIX = ".partial"
-Progress = Callable[[float], None]
 
 
 @dataclass
@@ -98,7 +98,7 @@ def _backup(cfg: RunConfig, on_progress: Progress | None) -> Backup:
             counts = fingerprint(src)
             total = page_bytes(src)
             start = time.perf_counter()
-            _copy(src, partial, total, on_progress)
+            _copy(src, partial, total, on_progress, str(cfg.database))
             seconds = time.perf_counter() - start
             src.execute("COMMIT")
         faults.point("backup-copied")
@@ -155,26 +155,28 @@ def _create_private(path: Path) -> int:
     return fd
 
 
-def _copy(src: sqlite3.Connection, partial: Path, total: int, on_progress: Progress | None) -> None:
+def _copy(
+    src: sqlite3.Connection, partial: Path, total: int, on_progress: Progress | None, database: str
+) -> None:
     done = threading.Event()
-    watcher = _watch(partial, total, on_progress, done) if on_progress else None
+    watcher = _watch(partial, total, on_progress, done, database)
     try:
         copy_to_new_file(src, partial, during=lambda: faults.point("backup-copying"), label="backup")
     finally:
         done.set()
-        if watcher:
-            watcher.join()
-    if on_progress:
-        on_progress(1.0)
+        watcher.join()
+    tell(on_progress, Tick("backup", total, total, "bytes", database))
 
 
-def _watch(partial: Path, total: int, on_progress: Progress, done: threading.Event) -> threading.Thread:
+def _watch(
+    partial: Path, total: int, on_progress: Progress | None, done: threading.Event, database: str
+) -> threading.Thread:
     """Report progress by watching the copy grow (a one-step backup has no callback of its own)."""
 
     def run() -> None:
         while not done.wait(0.5):
             size = partial.stat().st_size if partial.exists() else 0
-            on_progress(min(size / max(total, 1), 0.99))
+            tell(on_progress, Tick("backup", min(size, max(total - 1, 0)), total, "bytes", database))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +21,9 @@ from liteshift.core.config import RunConfig
 from liteshift.core.db import begin_immediate, connection, is_locked_error
 from liteshift.core.errors import CheckFailed, MigrationError
 from liteshift.core.migrations import Migration, Rebuild, load_migrations
+from liteshift.core.progress import Progress, Tick, tell
 from liteshift.core.sql import failure_detail
+from liteshift.core.throttle import Throttle
 from liteshift.core.tracking import TRACKING_TABLE
 from liteshift.migrate import inverse, ledger, restore
 from liteshift.rebuild import blocking, foreign_keys, online, prebuild, schema
@@ -52,9 +54,11 @@ def _plan(con: sqlite3.Connection, cfg: RunConfig, todo: list[Migration]) -> pre
     return plan
 
 
-def copy_rebuilds(
-    cfg: RunConfig, on_progress: Callable[[float], None] | None = None
-) -> list[schema.RebuildStats]:
+def _throttle(cfg: RunConfig, **fields: int) -> Throttle:
+    return Throttle(wal_limit_mb=cfg.wal_limit_mb, **fields)
+
+
+def copy_rebuilds(cfg: RunConfig, on_progress: Progress | None = None) -> list[schema.RebuildStats]:
     """Fill the shadow tables of the online rebuilds, in short throttled transactions.
 
     Safe to repeat: a copy killed half way resumes where it stopped. Writes no user row.
@@ -66,13 +70,14 @@ def copy_rebuilds(
         keep = frozenset(f"{s.version}:{schema.names(s.spec.table).id}" for s in plan.tables)
         online.finish_leftovers(str(cfg.database), cfg.busy_timeout_ms, keep)
         with _abandon_on_failure(con, cfg, [s.spec for s in plan.tables]):
-            for i, s in enumerate(plan.tables):
+            for s in plan.tables:
                 state = online.start_online(
                     con, s.spec, s.version, str(cfg.database), cfg.busy_timeout_ms, tuple(s.prebuilt)
                 )
-                part = (lambda f, i=i: on_progress((i + f) / len(plan.tables))) if on_progress else None
                 stats.append(
-                    online.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms, None, part)
+                    online.copy_online(
+                        con, state, str(cfg.database), cfg.busy_timeout_ms, _throttle(cfg), on_progress, False
+                    )
                 )
     return stats
 
@@ -100,7 +105,7 @@ def apply_migrations(
     cfg: RunConfig,
     backup_path: str | None = None,
     flow_run_id: str | None = None,
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Progress | None = None,
 ) -> Applied:
     """Apply the pending migrations atomically; nothing but the migration runs inside the lock."""
     migrations = load_migrations(cfg.migrations_dir)
@@ -116,7 +121,9 @@ def apply_migrations(
                 state = online.start_online(
                     con, s.spec, s.version, str(cfg.database), cfg.busy_timeout_ms, tuple(s.prebuilt)
                 )
-                online.copy_online(con, state, str(cfg.database), cfg.busy_timeout_ms)
+                online.copy_online(
+                    con, state, str(cfg.database), cfg.busy_timeout_ms, _throttle(cfg), on_progress
+                )
                 shadows[s.at] = state
             result = _commit(
                 con, cfg, migrations, batch, backup_path, flow_run_id, on_progress, shadows, plan
@@ -126,7 +133,9 @@ def apply_migrations(
         con.execute("PRAGMA wal_checkpoint(PASSIVE)")
         result.checkpoint_seconds = time.perf_counter() - checkpoint_start
         faults.point("migrate-after-commit")
-        result.old_rows_freed = online.drop_old_tables(con, str(cfg.database), cfg.busy_timeout_ms)
+        result.old_rows_freed = online.drop_old_tables(
+            con, str(cfg.database), cfg.busy_timeout_ms, _throttle(cfg, rows=Throttle.min_rows)
+        )
     return result
 
 
@@ -137,7 +146,7 @@ def _commit(
     batch: str,
     backup_path: str | None,
     flow_run_id: str | None,
-    on_progress: Callable[[float], None] | None,
+    on_progress: Progress | None,
     shadows: dict[prebuild.Position, online.Online],
     plan: prebuild.OnlinePlan,
 ) -> Applied:
@@ -211,7 +220,7 @@ def _apply(
     batch: str,
     backup_path: str | None,
     flow_run_id: str | None,
-    on_progress: Callable[[float], None] | None,
+    on_progress: Progress | None,
     shadows: dict[prebuild.Position, online.Online],
     plan: prebuild.OnlinePlan,
     stats: list[schema.RebuildStats],
@@ -254,14 +263,13 @@ def _apply(
                     retained.add(m.version)
             elif isinstance(stmt, Rebuild):
                 stats.append(blocking.rebuild_blocking(con, stmt))
-            if state is not None or isinstance(stmt, Rebuild) or (m.version, i) in plan.skipped:
-                done += 1  # a prebuilt index exists from its table's cut-over on
-                continue
-            _statement(con, m, stmt)
             done += 1
+            if state is not None or isinstance(stmt, Rebuild) or (m.version, i) in plan.skipped:
+                tell(on_progress, Tick("migrate", done, total, "statements"))
+                continue  # a prebuilt index exists from its table's cut-over on
+            _statement(con, m, stmt)
             faults.point("migrate-between-statements")
-            if on_progress:
-                on_progress(done / total)
+            tell(on_progress, Tick("migrate", done, total, "statements"))
         seconds = time.perf_counter() - start
         con.execute(
             f"INSERT INTO {TRACKING_TABLE} (version, name, checksum, applied_at, duration_s, "

@@ -22,6 +22,7 @@ from helpers import WriterProcess, snapshot
 from liteshift.archive import move as archive_module
 from liteshift.archive.move import PROGRESS, archive_rows, plan_archive
 from liteshift.core.errors import BadInput, CheckFailed
+from liteshift.core.progress import Tick
 from liteshift.core.sql import quote_ident
 
 CUTOFF = "2024-04-01"  # the demo's dates run from 2024-01-01 over two years: about 1 row in 8 moves
@@ -110,12 +111,15 @@ def test_moves_exactly_the_rows_before_the_cutoff(tmp_path, make_db):
 
 def test_batches_follow_batch_rows_and_progress_reaches_one(tmp_path, make_db):
     db = make_db(2000)
-    seen: list[float] = []
+    seen: list[Tick] = []
     result = archive_rows(
         db, tmp_path / "a.db", "worklogs", "started", CUTOFF, batch_rows=50, on_progress=seen.append
     )
     assert result.batches == result.deleted // 50 + 1
-    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) == result.batches
+    done = [t.done for t in seen]
+    assert done == sorted(done) and len(seen) == result.batches
+    assert {(t.phase, t.total, t.unit) for t in seen} == {("archive worklogs", seen[-1].done, "rows")}
+    assert seen[-1].fraction == 1.0 and seen[-2].fraction < 1.0
 
 
 def test_the_highest_rowid_stays_so_sqlite_never_reuses_an_archived_key(tmp_path):

@@ -11,13 +11,14 @@ import pytest
 from helpers import user_snapshot
 
 from liteshift.core.errors import CheckFailed
+from liteshift.core.progress import Tick
 from liteshift.tasks import backup as backup_mod
 from liteshift.tasks.backup import backup_database, backup_path_for
 
 
 def test_backup_is_verified_private_and_complete(make_db, config, tmp_path: Path) -> None:
     db = make_db()
-    seen: list[float] = []
+    seen: list[Tick] = []
     b = backup_database(config(db, backup_dir=tmp_path), on_progress=seen.append)
     path = Path(b.path)
     assert path.parent == tmp_path
@@ -25,7 +26,7 @@ def test_backup_is_verified_private_and_complete(make_db, config, tmp_path: Path
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert b.bytes == path.stat().st_size
     assert b.counts["worklogs"] == 2000
-    assert seen[-1] == 1.0
+    assert seen[-1] == Tick("backup", b.bytes, b.bytes, "bytes", str(db))
     assert user_snapshot(path) == user_snapshot(db)
     assert not list(tmp_path.glob("*.partial*"))
 

@@ -107,7 +107,10 @@ def test_failed_step_exits_1_after_rollback(
     captured = capsys.readouterr()
     assert code == 1
     assert "Rollback: down: ran the down of 001_i" in captured.out
-    assert captured.err.startswith("Error: Query by_comment does not use index i_team: plan is SCAN worklogs")
+    # After the progress lines of the backup and the migrate step, one error and what to do.
+    progress, error = captured.err.split("Error: ", 1)
+    assert [x.split(":")[0] for x in progress.splitlines()] == ["backup", "migrate"]
+    assert error.startswith("Query by_comment does not use index i_team: plan is SCAN worklogs")
     assert user_snapshot(db) == before and tracked_versions(db) == []
 
 

@@ -31,6 +31,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         "rebuild_mode": "auto",
         "index_mode": "auto",
         "revert_window_h": 24.0,
+        "wal_limit_mb": 256.0,
         "maintenance_window": None,
         "require_approval": False,
         "approval_timeout_s": 3600,

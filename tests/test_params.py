@@ -122,7 +122,7 @@ def test_archive_options_reach_the_flow_under_its_own_names(tmp_path: Path) -> N
     args = _parser().parse_args(
         [
             *("archive", "--database", "w.db", "--archive", "old.db", "--table", "worklogs"),
-            *("--column", "work_date", "--older-than", "18 months", "--budget", "0.01"),
+            *("--column", "work_date", "--older-than", "18 months", "--budget", "0.01", "--wal-limit", "64"),
         ]
     )
     assert _params(ArchiveConfig, args).flow_parameters() == {
@@ -135,6 +135,7 @@ def test_archive_options_reach_the_flow_under_its_own_names(tmp_path: Path) -> N
         "maintenance_window": None,
         "busy_timeout_ms": 5000,
         "budget_s": 0.01,
+        "wal_limit_mb": 64.0,
     }
 
 

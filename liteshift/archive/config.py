@@ -30,3 +30,9 @@ class ArchiveConfig(FlowParams):
     budget_s: float = Field(
         0.005, gt=0, description="Seconds each delete batch may hold the write lock; batches adapt to it."
     )
+    wal_limit_mb: float = Field(
+        256.0,
+        ge=0,
+        description="MB of WAL past which an online copy, drop or archive batch waits for checkpoints "
+        "to catch up when a reader keeps them from emptying it (up to 10 minutes); 0: no bound.",
+    )

@@ -21,7 +21,7 @@ import re
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -31,6 +31,7 @@ from liteshift.core import faults
 from liteshift.core.db import SQLITE_HEADER, Held, check_is_sqlite_file, relaxed_sync, write_transaction
 from liteshift.core.errors import BadInput, CheckFailed
 from liteshift.core.lock import pid_alive
+from liteshift.core.progress import Progress, Tick, tell
 from liteshift.core.sql import failure_detail, quote_ident, strip_comments
 from liteshift.core.tables import AUTOINCREMENT_RE, Table, read_table
 from liteshift.core.throttle import Throttle
@@ -655,12 +656,10 @@ def _delete_and_settle(run: _Run, crashed: bool, last: bool) -> None:
         _settle(run, None, False)  # nothing of the batch was deleted now: copies of live rows go
         raise
     _settle(run, None if crashed else deleted, last)
-    run.throttle.after(held)
+    run.throttle.after(held, run.live)
 
 
-def _run_pass(
-    run: _Run, pending: bool, deadline: float | None, on_progress: Callable[[float], None] | None
-) -> None:
+def _run_pass(run: _Run, pending: bool, deadline: float | None, on_progress: Progress | None) -> None:
     """Settle what a killed run left, then batch on until the end of the table or the deadline."""
     if pending:
         row = run.arc.execute(f"SELECT last FROM {PROGRESS} WHERE table_name = ?", (run.src.name,)).fetchone()
@@ -679,8 +678,13 @@ def _run_pass(
             _delete_and_settle(run, crashed=False, last=last)
         else:
             _settle(run, set(), last)
-        if on_progress is not None:
-            on_progress(1.0 if last else min(1.0, run.handled / run.total))
+        total = max(run.total, run.handled)
+        tell(
+            on_progress,
+            Tick(
+                f"archive {run.src.name}", total if last else run.handled, total, database=str(run.database)
+            ),
+        )
         if last:
             return
 
@@ -726,7 +730,13 @@ def _reclaim(run: _Run, deadline: float | None) -> int:
         return 0  # NONE: the pages stay free for reuse (only VACUUM shrinks the file); FULL: done at COMMIT
     size = int(live.execute("PRAGMA main.page_size").fetchone()[0])
     start = free = int(live.execute("PRAGMA main.freelist_count").fetchone()[0])
-    pages = Throttle(budget_s=run.throttle.budget_s, rows=256, min_rows=16, max_rows=50_000)
+    pages = Throttle(
+        budget_s=run.throttle.budget_s,
+        rows=256,
+        min_rows=16,
+        max_rows=50_000,
+        wal_limit_mb=run.throttle.wal_limit_mb,
+    )
     while free > 0 and (deadline is None or time.time() < deadline):
         with write_transaction(live, run.database, run.timeout_ms) as held:
             # Python steps a PRAGMA once: each call frees one page (executescript would COMMIT).
@@ -737,7 +747,7 @@ def _reclaim(run: _Run, deadline: float | None) -> int:
         if now >= free:
             break
         free = now
-        pages.after(held)
+        pages.after(held, live)
     return (start - free) * size
 
 
@@ -778,14 +788,16 @@ def archive_rows(
     *,
     timeout_ms: int = 5000,
     budget_s: float = 0.005,
+    wal_limit_mb: float = 256.0,
     batch_rows: int | None = None,
     deadline: float | None = None,
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Progress | None = None,
 ) -> ArchiveResult:
     """Move the rows of `table` with `column < before` into `archive`, in short batches; resumable.
 
     budget_s: each live delete transaction is sized to hold the write lock about this long (then
-    liteshift pauses as long); batch_rows fixes the batch size instead. deadline (a time.time()
+    liteshift pauses as long); batch_rows fixes the batch size instead. wal_limit_mb: the WAL bound
+    (Throttle.bound_wal). deadline (a time.time()
     value): no batch starts after it. Refusals are BadInput raised before anything is written.
     """
     started = time.perf_counter()
@@ -796,7 +808,7 @@ def archive_rows(
         src, version, old = _read_live(live, database, table, column, before)
         _check_existing_archive(archive, src, timeout_ms)
         result = ArchiveResult(src.name, src.column, before, str(archive))
-        throttle = Throttle(budget_s=budget_s, rows=batch_rows or 2000)
+        throttle = Throttle(budget_s=budget_s, rows=batch_rows or 2000, wal_limit_mb=wal_limit_mb)
         if batch_rows is not None:  # fixed size: the pause after each batch stays
             throttle.min_rows = throttle.max_rows = batch_rows
         with _opened(archive, timeout_ms) as arc:
@@ -811,7 +823,7 @@ def archive_rows(
     return result
 
 
-def _move(run: _Run, deadline: float | None, on_progress: Callable[[float], None] | None) -> None:
+def _move(run: _Run, deadline: float | None, on_progress: Progress | None) -> None:
     """Prepare the archive and run the pass; the live connection sees the archive only meanwhile."""
     _setup_archive(run.arc, run.database, run.src)
     try:

@@ -31,7 +31,7 @@ def default_report_dir() -> Path:
 
 # Options name a field without its unit (busy_timeout_ms -> --busy-timeout); a few read better
 # in the singular or shorter, and are named here once for every command.
-UNIT_SUFFIXES = ("_ms", "_s", "_h")
+UNIT_SUFFIXES = ("_ms", "_s", "_h", "_mb")
 FLAG_NAMES = {
     "migrations_dir": "--migrations",
     "objects": "--object",
@@ -138,6 +138,12 @@ class RunConfig(FlowParams):
         description="Hours an online rebuild keeps its old copy, fed with every write, so that a rollback "
         "only replays what changed and cuts over again; 0: drop it at once. Ended early by "
         "'liteshift rollback --finish' or by the next migration.",
+    )
+    wal_limit_mb: float = Field(
+        256.0,
+        ge=0,
+        description="MB of WAL past which an online copy, drop or archive batch waits for checkpoints "
+        "to catch up when a reader keeps them from emptying it (up to 10 minutes); 0: no bound.",
     )
     maintenance_window: str | None = Field(
         None,

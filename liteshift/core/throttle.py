@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
 from liteshift.core.db import Held
+from liteshift.core.errors import DatabaseLocked
+
+MB = 1_000_000
 
 
 @dataclass
@@ -26,11 +30,54 @@ class Throttle:
     converge_s: float = 30.0  # longest time spent shrinking the backlog before the cut-over
     cache_mib: int = 256  # page cache of the copying connection
     cutover_backlog: int = 100  # reconcile until at most this many keys are left for the cut-over
+    # The WAL bound: past it, and while checkpoints cannot empty the WAL (a reader holds an old
+    # snapshot), batches wait instead of growing it; for at most wal_wait_s. 0: no bound.
+    wal_limit_mb: float = 256.0
+    wal_wait_s: float = 600.0
+    wal_peak_bytes: int = 0  # the longest WAL seen after a batch
+    wal_paused_s: float = 0.0  # time spent waiting for the WAL to drain
 
-    def after(self, txn: Held) -> None:
+    def after(self, txn: Held, con: sqlite3.Connection | None = None) -> None:
         """Resize from the batch's own work (a COMMIT's sync does not shrink with the batch) and
-        pause as long as the lock was held, plus up to one budget when writers kept us waiting."""
+        pause as long as the lock was held, plus up to one budget when writers kept us waiting;
+        then, given the connection, hold the WAL to its bound."""
         held_s, waited_s = txn.held, txn.waited
         scale = min(2.0, max(0.5, self.budget_s / max(txn.work, 1e-4)))
         self.rows = min(self.max_rows, max(self.min_rows, int(self.rows * scale)))
         time.sleep(min(0.5, held_s * self.pause_ratio + min(waited_s, self.budget_s)))
+        if con is not None:
+            self.bound_wal(con)
+
+    def bound_wal(self, con: sqlite3.Connection, poll_s: float = 0.5) -> None:
+        """Checkpoint what can be (PASSIVE: never waits, never blocks a writer), and while the WAL
+        is longer than the bound with frames no checkpoint could copy, wait and try again.
+
+        A WAL whose every frame is copied restarts at the next write, however long it was; one
+        that cannot be emptied only grows with each batch, and a replica such as Litestream, or
+        the disk, pays for that. DatabaseLocked when it stays so for wal_wait_s.
+        """
+        page = int(con.execute("PRAGMA main.page_size").fetchone()[0])
+        waited_since: float | None = None
+        while True:
+            _, frames, copied = con.execute("PRAGMA main.wal_checkpoint(PASSIVE)").fetchone()
+            if frames < 0:  # not in WAL mode
+                return
+            size = frames * page
+            self.wal_peak_bytes = max(self.wal_peak_bytes, size)
+            now = time.monotonic()
+            if self.wal_limit_mb <= 0 or size <= self.wal_limit_mb * MB or copied >= frames:
+                if waited_since is not None:
+                    self.wal_paused_s += now - waited_since
+                return
+            if waited_since is None:
+                waited_since = now
+            elif now - waited_since >= self.wal_wait_s:
+                self.wal_paused_s += now - waited_since
+                raise DatabaseLocked(
+                    f"The WAL stayed at {size / MB:,.1f} MB, over the {self.wal_limit_mb:g} MB bound, "
+                    f"for {self.wal_wait_s:g} s",
+                    f"{frames - copied:,} of its {frames:,} frames could not be copied into the database: "
+                    "a reader holds an old snapshot, so liteshift stopped adding to the WAL",
+                    "end the long read transaction (or raise --wal-limit), then run again",
+                )
+            time.sleep(poll_s)

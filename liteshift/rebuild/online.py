@@ -20,6 +20,7 @@ from liteshift.core import faults, tracking
 from liteshift.core.db import Held, connection, relaxed_sync, write_transaction
 from liteshift.core.errors import BadInput, CheckFailed, DatabaseLocked
 from liteshift.core.migrations import Rebuild
+from liteshift.core.progress import Progress, Tick, tell
 from liteshift.core.sql import quote_ident
 from liteshift.core.tables import AUTOINCREMENT_RE, ROWID_NAMES, Table, pk, read_table, renamed, without_rowid
 from liteshift.core.throttle import Throttle
@@ -261,11 +262,17 @@ def copy_online(
     path: str,
     timeout_ms: int,
     throttle: Throttle | None = None,
-    on_progress: Callable[[float], None] | None = None,
+    on_progress: Progress | None = None,
+    check: bool = True,
 ) -> RebuildStats:
     """Copy by key range, each batch with the backlog before it in one short transaction; then
-    reconcile until the backlog is small, and check the copied rows' foreign keys. Each
-    transaction records the position it reached, so a killed copy resumes there."""
+    reconcile until the backlog is small, and (`check`) check the copied rows' foreign keys and
+    compare them with the table. Each transaction records the position it reached, so a killed
+    copy resumes there.
+
+    The checks belong just before the cut-over, and leave state in memory that the cut-over uses:
+    the flow's copy step passes check=False, and the migrate step, which resumes that copy, checks.
+    """
     throttle = throttle or Throttle()
     cache = con.execute("PRAGMA cache_size").fetchone()[0]
     # The prebuilt indexes take the rows in key order of the table, at random places of their
@@ -273,7 +280,7 @@ def copy_online(
     con.execute(f"PRAGMA cache_size = {-1024 * throttle.cache_mib}")
     try:
         with relaxed_sync(con), _duplicates_named(con, state):
-            return _copy_online(con, state, path, timeout_ms, throttle, on_progress)
+            return _copy_online(con, state, path, timeout_ms, throttle, on_progress, check)
     finally:
         con.execute(f"PRAGMA cache_size = {int(cache)}")
 
@@ -305,11 +312,18 @@ def _copy_online(
     path: str,
     timeout_ms: int,
     throttle: Throttle,
-    on_progress: Callable[[float], None] | None,
+    on_progress: Progress | None,
+    check: bool,
 ) -> RebuildStats:
     n = names(state.source.name)
     src, key = state.source, state.source.key
     total = max(1, con.execute(f"SELECT count(*) FROM {quote_ident(src.name)}").fetchone()[0])
+
+    def told(phase: str, done: int) -> None:
+        tell(on_progress, Tick(f"{phase} {src.name}", min(done, total), total, database=path))
+
+    if state.phase == "copy":
+        told("copy", state.stats.rows)
     start = time.perf_counter()
     while state.phase == "copy":
         with _batch(con, path, timeout_ms) as txn:
@@ -349,12 +363,15 @@ def _copy_online(
         state.stats.rows += copied
         state.stats.batches += 1
         state.stats.longest_txn_seconds = max(state.stats.longest_txn_seconds, txn.held)
-        if on_progress:
-            on_progress(min(1.0, state.stats.rows / total))
-        throttle.after(txn)
+        told("copy", state.stats.rows if state.phase == "copy" else total)
+        throttle.after(txn, con)
     _converge(con, state, path, timeout_ms, throttle)
+    if not check:  # the flow's copy step: the migrate step checks, just before its cut-over
+        state.stats.copy_seconds = time.perf_counter() - start
+        return state.stats
     precheck_foreign_keys(con, state)
-    verify_copy(con, state)
+    verify_copy(con, state, told=lambda done: told("verify", done))
+    told("verify", total)
     # The writes made during the pre-check and the verification (1.9 s and more at 10M rows)
     # would otherwise all wait for the cut-over: reconcile once more, so the lock drains only
     # the last few keys. Those are checked incrementally at the cut-over, like every key
@@ -367,7 +384,12 @@ def _copy_online(
 VERIFY_ROWS = 20_000  # rows compared per read transaction
 
 
-def verify_copy(con: sqlite3.Connection, state: Online, chunk: int = VERIFY_ROWS) -> None:
+def verify_copy(
+    con: sqlite3.Connection,
+    state: Online,
+    chunk: int = VERIFY_ROWS,
+    told: Callable[[int], None] | None = None,
+) -> None:
     """Compare the shadow with the table, range by range of keys, before the cut-over.
 
     Each range is read in one snapshot of both tables. There, a row may differ only if the
@@ -445,6 +467,8 @@ def verify_copy(con: sqlite3.Connection, state: Online, chunk: int = VERIFY_ROWS
             if bound is None:
                 return
             position = tuple(bound)
+            if told is not None:
+                told(state.stats.verified_rows)
     finally:
         con.execute(f"DROP TABLE IF EXISTS temp.{scratch}")
 
@@ -464,7 +488,7 @@ def _converge(con: sqlite3.Connection, state: Online, path: str, timeout_ms: int
         # 2,754 keys (a batch's worth), which took most of its 225 ms cut-over.
         if backlog <= throttle.cutover_backlog or time.perf_counter() > deadline:
             return
-        throttle.after(txn)
+        throttle.after(txn, con)
 
 
 def precheck_foreign_keys(con: sqlite3.Connection, state: Online) -> None:
@@ -752,16 +776,24 @@ def end_revert_windows(con: sqlite3.Connection, path: str, timeout_ms: int, ever
 
 
 def drop_old_tables(
-    con: sqlite3.Connection, path: str, timeout_ms: int, throttle: Throttle | None = None
+    con: sqlite3.Connection,
+    path: str,
+    timeout_ms: int,
+    throttle: Throttle | None = None,
+    on_progress: Progress | None = None,
 ) -> int:
     """Empty and drop the tables online cut-overs left behind (see _drop_old_tables)."""
     # The first batch starts small: the old table's indexes are out of the page cache by now, and
     # 2,000 deletes at random places in three cold indexes held the lock 2.7 s at 10M rows.
     with relaxed_sync(con):
-        return _drop_old_tables(con, path, timeout_ms, throttle or Throttle(rows=Throttle.min_rows))
+        return _drop_old_tables(
+            con, path, timeout_ms, throttle or Throttle(rows=Throttle.min_rows), on_progress
+        )
 
 
-def _drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, throttle: Throttle) -> int:
+def _drop_old_tables(
+    con: sqlite3.Connection, path: str, timeout_ms: int, throttle: Throttle, on_progress: Progress | None
+) -> int:
     """Empty and drop the tables online cut-overs left behind, in short transactions; rows freed.
 
     Dropping a large table at once holds the write lock for as long as it takes to free every
@@ -774,6 +806,11 @@ def _drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, thrott
     for state_id, old in con.execute(
         f"SELECT id, table_name FROM {STATE_TABLE} WHERE phase = 'drop-old'"
     ).fetchall():
+        exists = con.execute(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (old,)
+        ).fetchone()
+        total = con.execute(f"SELECT count(*) FROM {quote_ident(old)}").fetchone()[0] if exists else 0
+        emptied = 0
         while True:
             with _batch(con, path, timeout_ms) as txn:
                 exists = con.execute(
@@ -793,9 +830,11 @@ def _drop_old_tables(con: sqlite3.Connection, path: str, timeout_ms: int, thrott
                     con.execute(f"DELETE FROM {STATE_TABLE} WHERE id = ?", (state_id,))
                 faults.point("rebuild-dropping-old")
             freed += gone
+            emptied += gone
+            tell(on_progress, Tick(f"drop old copy {old}", emptied if gone else total, total, database=path))
             if gone == 0:
                 break
-            throttle.after(txn)
+            throttle.after(txn, con)
     if freed:
         faults.point("rebuild-old-dropped")
     return freed
