@@ -16,7 +16,7 @@ IDENT = r"(?:\"(?:[^\"]|\"\")+\"|`(?:[^`]|``)+`|\[[^\]]+\]|[\w$]+)"
 FILE_RE = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
 CREATE_INDEX_RE = re.compile(
     r"^CREATE\s+(UNIQUE\s+)?INDEX\s+(IF\s+NOT\s+EXISTS\s+)?"
-    rf"(?P<name>{IDENT})",
+    rf"(?:(?P<schema>{IDENT})\s*\.\s*)?(?P<name>{IDENT})",
     re.IGNORECASE,
 )
 DROP_INDEX_RE = re.compile(rf"^DROP\s+INDEX\s+(IF\s+EXISTS\s+)?(?P<name>{IDENT})", re.IGNORECASE)

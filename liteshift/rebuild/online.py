@@ -40,6 +40,7 @@ from liteshift.rebuild.schema import (
     names,
     plan_copy,
     shadow_index_sql,
+    stored_index_sql,
 )
 
 
@@ -599,7 +600,9 @@ def cut_over(con: sqlite3.Connection, state: Online, retain_back: Rebuild | None
     indexes = [(name, sql, prebuilt.get((name, sql))) for name, sql in now.indexes]
     # The batch's own indexes, built on the shadow: their statements are skipped, so they are
     # not on the old table, and get their declared names here.
-    indexes += [(name, sql, _prebuilt_name(n, j)) for j, (name, sql) in enumerate(state.prebuilt)]
+    indexes += [
+        (name, stored_index_sql(sql), _prebuilt_name(n, j)) for j, (name, sql) in enumerate(state.prebuilt)
+    ]
     _swap_schema_rows(con, n, indexes, (now.name, renamed(state.spec.create_sql, now.name)))
     for index in prepared:
         if index not in now.indexes:  # dropped by this migration's earlier statements

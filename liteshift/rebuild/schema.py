@@ -225,6 +225,17 @@ def capture_triggers(con: sqlite3.Connection, n: Names) -> list[str]:
 ON_TABLE_RE = re.compile(rf"\s+ON\s+(?:main\s*\.\s*)?(?P<table>{IDENT})\s*\(", re.IGNORECASE)
 
 
+def stored_index_sql(sql: str) -> str:
+    """A CREATE INDEX as SQLite keeps it in sqlite_schema, so that an index built online reads
+    exactly as one built as written: "CREATE [UNIQUE] INDEX ", then the statement from the index's
+    own name to its last token (IF NOT EXISTS and a schema name dropped, the rest as written)."""
+    text = sql.strip().rstrip(";").rstrip()
+    m = CREATE_INDEX_RE.match(text)
+    if m is None:
+        return sql
+    return f"CREATE {'UNIQUE ' if m.group(1) else ''}INDEX {text[m.start('name') :]}"
+
+
 def shadow_index_sql(sql: str, temp_name: str, shadow: str) -> str:
     """A CREATE INDEX statement re-aimed at another table (a shadow) under another name."""
     text = strip_comments(sql)
