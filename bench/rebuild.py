@@ -553,6 +553,33 @@ def fk_check_only(out: Path, sizes: list[int]) -> None:
         print(f"[{rows:,}] foreign_key_check(worklogs): old {before} new {after}", flush=True)
 
 
+MODES = ("blocking", "online", "online-prev")
+PREVIOUS_THROTTLE = {"pause_ratio": 1.0, "own_checkpoints": False}
+
+
+@contextmanager
+def previous_throttle(on: bool) -> Iterator[None]:
+    """Mode online-prev: the online rebuild with the throttle before liteshift took its own
+    checkpoints (a pause as long as the lock was held; SQLite's automatic checkpoint inside
+    liteshift's COMMITs), to measure the change side by side in one run."""
+    if not on:
+        yield
+        return
+    import liteshift.tasks.migrate as migrate
+    from liteshift.core.throttle import Throttle
+
+    before = migrate._throttle
+
+    def throttle(cfg: Any, rows: int = Throttle.rows) -> Throttle:
+        return Throttle(wal_limit_mb=cfg.wal_limit_mb, rows=rows, **PREVIOUS_THROTTLE)  # type: ignore[arg-type]
+
+    migrate._throttle = throttle  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        migrate._throttle = before
+
+
 def one_run(
     template: Path,
     meta: dict[str, Any],
@@ -588,9 +615,11 @@ def one_run(
         proc.kill()
         raise RuntimeError("writer did not start")
     time.sleep(1.0)
-    cfg = RunConfig(database=db, migrations_dir=mdir, rebuild_mode=mode, report_dir=work / "reports")
+    cfg = RunConfig(
+        database=db, migrations_dir=mdir, rebuild_mode=mode.split("-")[0], report_dir=work / "reports"
+    )
     error = None
-    with DropOldTimer() as dropped:
+    with DropOldTimer() as dropped, previous_throttle(mode == "online-prev"):
         t0 = time.perf_counter()
         try:
             applied = apply_migrations(cfg)
@@ -742,7 +771,7 @@ def phase_table(results: dict[str, Any]) -> str:
         "|---:|---|---|---|---|---:|",
     ]
     for size, s in results["sizes"].items():
-        for mode in ("blocking", "online"):
+        for mode in MODES:
             rs = [r["writer_phases"] for r in s["runs"] if r["mode"] == mode and r.get("writer_phases")]
             if not rs:
                 continue
@@ -811,7 +840,8 @@ def summarize(results: dict[str, Any]) -> str:
             f"| {m(b, 'sizes', 'disk_needed') / 1e6:,.0f} / {m(o, 'sizes', 'disk_needed') / 1e6:,.0f} "
             f"| {fk:.2f} | {'yes' if ok else '**NO**'} |"
         )
-        for mode, rs in (("blocking", b), ("online", o)):
+        for mode in MODES:
+            rs = [r for r in s["runs"] if r["mode"] == mode and r.get("migration")]
             if not rs:
                 continue
             detail.append(
@@ -985,6 +1015,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--repeats", type=int, nargs="+", default=[3], help="one N, or one per --rows size")
     ap.add_argument("--writer-rate", type=float, default=250.0, help="writer commits per second")
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=["blocking", "online"],
+        help="run each, in turn first per repeat (online-prev: the online rebuild, previous throttle)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "rebuild")
     ap.add_argument("--plot", type=Path, default=ROOT / "bench" / "rebuild.png")
     ap.add_argument("--starvation-probe", action="store_true", help="busy-handler starvation probe only")
@@ -1050,7 +1087,7 @@ def main() -> None:
         entry: dict[str, Any] = {"template": meta, "runs": [], "fk_check_seconds": []}
         results["sizes"][str(rows)] = entry
         for rep in range(reps):
-            order = ("blocking", "online") if rep % 2 == 0 else ("online", "blocking")
+            order = args.modes[rep % len(args.modes) :] + args.modes[: rep % len(args.modes)]
             for mode in order:
                 tag = f"{rows}-{mode}-{rep}"
                 r = one_run(
@@ -1066,7 +1103,7 @@ def main() -> None:
                 )
                 r["repeat"] = rep
                 entry["runs"].append(r)
-                if r.get("error") is None and mode == "online" and not entry["fk_check_seconds"]:
+                if r.get("error") is None and mode != "blocking" and not entry["fk_check_seconds"]:
                     entry["fk_check_seconds"] = time_fk_check(work / "run.db")
                 remove_db(work / "run.db")
                 save()

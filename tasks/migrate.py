@@ -54,8 +54,8 @@ def _plan(con: sqlite3.Connection, cfg: RunConfig, todo: list[Migration]) -> pre
     return plan
 
 
-def _throttle(cfg: RunConfig, **fields: int) -> Throttle:
-    return Throttle(wal_limit_mb=cfg.wal_limit_mb, **fields)
+def _throttle(cfg: RunConfig, rows: int = Throttle.rows) -> Throttle:
+    return Throttle(wal_limit_mb=cfg.wal_limit_mb, rows=rows)
 
 
 def copy_rebuilds(cfg: RunConfig, on_progress: Progress | None = None) -> list[schema.RebuildStats]:

@@ -1,4 +1,4 @@
-"""The throttle's WAL bound: batches wait while a WAL past the bound cannot be emptied."""
+"""The throttle: the WAL bound (batches wait while a WAL past it cannot be emptied) and checkpoints."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import user_snapshot
 
+from liteshift.core import throttle as throttle_module
 from liteshift.core.errors import DatabaseLocked
 from liteshift.core.migrations import Rebuild
 from liteshift.core.throttle import MB, Throttle
@@ -120,3 +121,42 @@ def test_an_online_copy_waits_for_the_wal_and_stops_before_growing_it_past_the_b
     assert state.stats.rows + resumed.stats.rows == 20_000
     online.abandon_online(con, "t", str(db), 5000)
     con.close()
+
+
+def _copy_watched(db: Path, own: bool, monkeypatch) -> tuple[list[tuple[str, int]], int, int]:
+    """Copy t online in 2,000-row batches; what happened between batches, how many, and the
+    connection's automatic checkpoint setting afterwards."""
+    spec = Rebuild("t", "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA wal_autocheckpoint = 700")
+    state = online.start_online(con, spec, "001", str(db), 5000)
+    events: list[tuple[str, int]] = []
+    checkpoint = Throttle.bound_wal
+
+    def bound(self: Throttle, c: sqlite3.Connection, poll_s: float = 0.5) -> None:
+        events.append(("checkpoint", c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]))
+        checkpoint(self, c, poll_s)
+        _, frames, copied = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames == copied  # the batch's pages are in the database before the pause
+
+    monkeypatch.setattr(Throttle, "bound_wal", bound)
+    monkeypatch.setattr(throttle_module.time, "sleep", lambda s: events.append(("pause", 0)))
+    throttle = Throttle(rows=2000, max_rows=2000, own_checkpoints=own)
+    online.copy_online(con, state, str(db), 5000, throttle, check=False)
+    setting = con.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    con.close()
+    return events, state.stats.batches, setting
+
+
+def test_a_batched_copy_checkpoints_after_each_commit_then_pauses(tmp_path: Path, monkeypatch) -> None:
+    """SQLite's automatic checkpoint is off on liteshift's connection during the copy: it would run
+    inside liteshift's COMMIT (counted as lock time and paused for again) or inside the
+    application's next one. liteshift checkpoints right after each COMMIT, before its pause."""
+    events, batches, setting = _copy_watched(_db(tmp_path / "c.db", rows=20_000), True, monkeypatch)
+    assert batches == 11  # ten full batches, then the one that finds the end
+    assert events[: 2 * 10] == [("checkpoint", 0), ("pause", 0)] * 10
+    assert setting == 700  # given back
+
+    # Asked not to, it leaves the checkpoints to SQLite.
+    events, batches, setting = _copy_watched(_db(tmp_path / "d.db", rows=20_000), False, monkeypatch)
+    assert events[:2] == [("checkpoint", 700), ("pause", 0)] and setting == 700

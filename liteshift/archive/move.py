@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 from liteshift.core import faults
-from liteshift.core.db import SQLITE_HEADER, Held, check_is_sqlite_file, relaxed_sync, write_transaction
+from liteshift.core.db import SQLITE_HEADER, Held, check_is_sqlite_file, write_transaction
 from liteshift.core.errors import BadInput, CheckFailed
 from liteshift.core.lock import pid_alive
 from liteshift.core.progress import Progress, Tick, tell
@@ -831,7 +831,7 @@ def _move(run: _Run, deadline: float | None, on_progress: Progress | None) -> No
         faults.point("archive-prepared")
         _attach_readonly(run.live, run.archive, ARCHIVE)
         try:
-            with relaxed_sync(run.live):
+            with run.throttle.writing(run.live):
                 _run_pass(run, pending, deadline, on_progress)
         finally:
             # At once: the archive connection, closing last, then folds the archive's -wal back in and
