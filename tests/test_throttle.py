@@ -151,12 +151,14 @@ def _copy_watched(db: Path, own: bool, monkeypatch) -> tuple[list[tuple[str, int
 def test_a_batched_copy_checkpoints_after_each_commit_then_pauses(tmp_path: Path, monkeypatch) -> None:
     """SQLite's automatic checkpoint is off on liteshift's connection during the copy: it would run
     inside liteshift's COMMIT (counted as lock time and paused for again) or inside the
-    application's next one. liteshift checkpoints right after each COMMIT, before its pause."""
+    application's next one. liteshift checkpoints right after each COMMIT, before its pause, and
+    again after it, so that its next write finds the WAL copied and starts it afresh."""
     events, batches, setting = _copy_watched(_db(tmp_path / "c.db", rows=20_000), True, monkeypatch)
     assert batches == 11  # ten full batches, then the one that finds the end
-    assert events[: 2 * 10] == [("checkpoint", 0), ("pause", 0)] * 10
+    # The batch's pages, the pause, then what the application wrote meanwhile.
+    assert events[: 3 * 10] == [("checkpoint", 0), ("pause", 0), ("checkpoint", 0)] * 10
     assert setting == 700  # given back
 
     # Asked not to, it leaves the checkpoints to SQLite.
     events, batches, setting = _copy_watched(_db(tmp_path / "d.db", rows=20_000), False, monkeypatch)
-    assert events[:2] == [("checkpoint", 700), ("pause", 0)] and setting == 700
+    assert events[:2] == [("pause", 0), ("checkpoint", 700)] and setting == 700
