@@ -615,8 +615,14 @@ def one_run(
         proc.kill()
         raise RuntimeError("writer did not start")
     time.sleep(1.0)
+    # No revert window: the old table is emptied and dropped within the run, as the drop-old
+    # phase measures (with one, it stays fed for a revert; bench/revert.py measures that).
     cfg = RunConfig(
-        database=db, migrations_dir=mdir, rebuild_mode=mode.split("-")[0], report_dir=work / "reports"
+        database=db,
+        migrations_dir=mdir,
+        rebuild_mode=mode.split("-")[0],
+        report_dir=work / "reports",
+        revert_window_h=0,
     )
     error = None
     with DropOldTimer() as dropped, previous_throttle(mode == "online-prev"):
