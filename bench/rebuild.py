@@ -553,16 +553,18 @@ def fk_check_only(out: Path, sizes: list[int]) -> None:
         print(f"[{rows:,}] foreign_key_check(worklogs): old {before} new {after}", flush=True)
 
 
-MODES = ("blocking", "online", "online-prev")
-PREVIOUS_THROTTLE = {"pause_ratio": 1.0, "own_checkpoints": False}
+MODES = ("blocking", "online", "online-prev", "online-ownckpt")
+# Online runs with another throttle than the default, to measure a change side by side.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "online-prev": {"pause_ratio": 1.0},  # the pause before 0.5
+    "online-ownckpt": {"own_checkpoints": True},  # liteshift's own checkpoints after each COMMIT
+}
 
 
 @contextmanager
-def previous_throttle(on: bool) -> Iterator[None]:
-    """Mode online-prev: the online rebuild with the throttle before liteshift took its own
-    checkpoints (a pause as long as the lock was held; SQLite's automatic checkpoint inside
-    liteshift's COMMITs), to measure the change side by side in one run."""
-    if not on:
+def throttle_variant(mode: str) -> Iterator[None]:
+    """The online rebuild with VARIANTS[mode]'s throttle fields, for the run."""
+    if mode not in VARIANTS:
         yield
         return
     import liteshift.tasks.migrate as migrate
@@ -571,7 +573,7 @@ def previous_throttle(on: bool) -> Iterator[None]:
     before = migrate._throttle
 
     def throttle(cfg: Any, rows: int = Throttle.rows) -> Throttle:
-        return Throttle(wal_limit_mb=cfg.wal_limit_mb, rows=rows, **PREVIOUS_THROTTLE)  # type: ignore[arg-type]
+        return Throttle(wal_limit_mb=cfg.wal_limit_mb, rows=rows, **VARIANTS[mode])
 
     migrate._throttle = throttle  # type: ignore[assignment]
     try:
@@ -625,7 +627,7 @@ def one_run(
         revert_window_h=0,
     )
     error = None
-    with DropOldTimer() as dropped, previous_throttle(mode == "online-prev"):
+    with DropOldTimer() as dropped, throttle_variant(mode):
         t0 = time.perf_counter()
         try:
             applied = apply_migrations(cfg)
@@ -1026,7 +1028,7 @@ def main() -> None:
         nargs="+",
         choices=MODES,
         default=["blocking", "online"],
-        help="run each, in turn first per repeat (online-prev: the online rebuild, previous throttle)",
+        help="run each, in turn first per repeat (online-*: the online rebuild with a VARIANTS throttle)",
     )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "rebuild")
     ap.add_argument("--plot", type=Path, default=ROOT / "bench" / "rebuild.png")

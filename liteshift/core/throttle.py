@@ -28,8 +28,9 @@ class Throttle:
     rows: int = 2000
     min_rows: int = 100
     max_rows: int = 50_000
-    # Sleep this x the transaction's length, so writers get their turn. 0.5 measured at 1M rows
-    # beside a 250 commits/s writer: copy 17 % faster than 1.0, the writer's p99 unchanged.
+    # Sleep this x the transaction's length, so writers get their turn. 0.5 against 1.0 at 1M rows
+    # beside a 250 commits/s writer: faster, the writer's p99 unchanged (bench/RESULTS-rebuild.md,
+    # "Checkpoints and the pause").
     pause_ratio: float = 0.5
     converge_s: float = 30.0  # longest time spent shrinking the backlog before the cut-over
     cache_mib: int = 256  # page cache of the copying connection
@@ -41,8 +42,11 @@ class Throttle:
     wal_peak_bytes: int = 0  # the longest WAL seen after a batch
     wal_paused_s: float = 0.0  # time spent waiting for the WAL to drain
     # In writing(): liteshift checkpoints after each of its COMMITs, outside the lock-hold it
-    # measures, instead of SQLite inside them (core.db.own_checkpoints).
-    own_checkpoints: bool = True
+    # measures, instead of SQLite inside them (core.db.own_checkpoints). Off: at 1M rows beside a
+    # 250 commits/s writer it made the online rebuild 36 % faster (median of 3: 96.8 s against
+    # 152.3 s) but the WAL stopped restarting for long stretches, 243-407 MB at its peak against
+    # 40-54 MB (bench/RESULTS-rebuild.md, "Checkpoints and the pause"); why is not understood yet.
+    own_checkpoints: bool = False
 
     @contextmanager
     def writing(self, con: sqlite3.Connection) -> Iterator[None]:
@@ -62,8 +66,7 @@ class Throttle:
         With own_checkpoints, the batch's pages are checkpointed before the pause (the
         application's commits meanwhile then find them copied already, instead of copying them
         inside their COMMIT), and what the application wrote during the pause just after it: a
-        write transaction that begins on a fully copied WAL writes it again from its start, so the
-        WAL stays about a batch long (measured at 1M rows: 334 MB peak without the second one).
+        write transaction that begins on a fully copied WAL writes it again from its start.
         """
         held_s, waited_s = txn.held, txn.waited
         scale = min(2.0, max(0.5, self.budget_s / max(txn.work, 1e-4)))
@@ -78,7 +81,7 @@ class Throttle:
         """Checkpoint what can be (PASSIVE: never waits, never blocks a writer), and while the WAL
         is longer than the bound with frames no checkpoint could copy, wait and try again.
 
-        A WAL whose every frame is copied restarts at the next write, however long it was; one
+        A WAL whose every frame is copied restarts at the next write that begins on it; one
         that cannot be emptied only grows with each batch, and a replica such as Litestream, or
         the disk, pays for that. DatabaseLocked when it stays so for wal_wait_s.
         """
