@@ -10,7 +10,6 @@ impossible even when the parent died between starting a child and recording it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import Counter
@@ -27,14 +26,14 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Crashed
 
 from liteshift.core import guard
 from liteshift.core.config import default_migrations_dir, default_report_dir
 from liteshift.core.errors import BadInput, MigrationError
-from liteshift.fleet.config import CHILD_DEPLOYMENT
+from liteshift.fleet.config import BATCH_DEPLOYMENT, CHILD_DEPLOYMENT
 from liteshift.fleet.manifest import Host, Manifest, Target, glob_paths, inventory, load_manifest
 from liteshift.fleet.outcomes import (
     NEED_A_PERSON,
@@ -51,6 +50,7 @@ from liteshift.fleet.rollout import Plan, check_resume, make_plan, read_plan, re
 # that defines a member of the error family is imported by now (tests/test_fleet.py checks it).
 from liteshift.flows import concurrency  # noqa: F401
 from liteshift.flows.approval import ask_approval
+from liteshift.flows.fleet_batch import batch_tags, database_tag, run_tags
 from liteshift.tasks import dry_run, rollback  # noqa: F401
 
 INVENTORY_DEPLOYMENT = "fleet-inventory/host"
@@ -84,10 +84,6 @@ class Child:
     error: str = ""
 
 
-def _tag(key: str) -> str:
-    return "fleetdb-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
 @flow(name="migrate-fleet", flow_run_name="fleet-{fleet_id}", log_prints=False)
 def migrate_fleet(
     manifest: str,
@@ -103,13 +99,18 @@ def migrate_fleet(
     max_parallel: int = 4,
     retry_failed: bool = False,
     plan_dir: str | None = None,
+    dispatch: str = "batch",
     deployment: str = CHILD_DEPLOYMENT,
+    batch_deployment: str = BATCH_DEPLOYMENT,
     parameters: dict[str, Any] | None = None,
     replan: bool = False,
 ) -> dict[str, int]:
     """Plan (or read the plan), check every queue is served, then the canary and the waves. A
     resume starts the crashed, deferred and unreached databases again; with retry_failed also the
-    refused and failed ones (after a person fixed them)."""
+    refused and failed ones (after a person fixed them).
+
+    dispatch "batch": a stage reaches each host as one migrate-host-batch run, its databases
+    tasks of it; "per-database": one migrate-database run per database."""
     log = get_run_logger()
     plan = load_or_make_plan(
         Path(manifest),
@@ -126,17 +127,13 @@ def migrate_fleet(
     check_queues(sorted({t.queue for t in plan.targets}))
     children = adopt(plan)
     board = Board(plan, children)
+    again = RETRIED + (NEED_A_PERSON if retry_failed else ())
+    limits = Limits(max_parallel, pending_timeout_s)
     for wave, keys in plan.stages():
-        run_wave(
-            plan,
-            children,
-            keys,
-            Limits(max_parallel, pending_timeout_s),
-            board,
-            deployment,
-            parameters or {},
-            RETRIED + (NEED_A_PERSON if retry_failed else ()),
-        )
+        if dispatch == "batch":
+            run_wave_batched(plan, children, keys, limits, board, batch_deployment, parameters or {}, again)
+        else:
+            run_wave(plan, children, keys, limits, board, deployment, parameters or {}, again)
         reason = should_halt(plan, wave, {k: c.outcome for k, c in children.items()})
         if reason:
             cancel_not_started(children)
@@ -286,7 +283,7 @@ def _idle_queues(queues: list[str], pool: str) -> list[str]:
 def adopt(plan: Plan) -> dict[str, Child]:
     """Every target with the newest existing child run of this fleet (found by tag), if any."""
     children = {t.key: Child(t, plan.wave_of(t.key)) for t in plan.targets}
-    by_tag = {_tag(k): c for k, c in children.items()}
+    by_tag = {database_tag(k): c for k, c in children.items()}
     with get_client(sync_client=True) as client:
         offset = 0
         while True:  # the API pages at 200
@@ -336,7 +333,7 @@ def start_child(plan: Plan, child: Child, deployment: str, parameters: dict[str,
         },
         work_queue_name=t.queue,
         idempotency_key=f"{plan.fleet_id}:{t.key}:{child.attempts}",
-        tags=["liteshift", f"fleet-{plan.fleet_id}", _tag(t.key), f"host-{t.host}"],
+        tags=run_tags(plan.fleet_id, t.key, t.host),
         timeout=0,
         as_subflow=True,
     )
@@ -409,6 +406,226 @@ def run_wave(
         if not todo and not any(_active(children[k]) for k in keys):
             return
         time.sleep(POLL_S)
+
+
+@dataclass
+class Batch:
+    """One migrate-host-batch run: a host's databases of one stage, each a task of the run."""
+
+    host: str
+    keys: list[str]
+    run: FlowRun
+    started: float
+    polled: float = 0.0
+
+
+BATCH_POLL_S = 10.0  # how often a running batch's database runs are read (one query per host)
+
+
+def run_wave_batched(
+    plan: Plan,
+    children: dict[str, Child],
+    keys: list[str],
+    limits: Limits,
+    board: Board,
+    deployment: str,
+    parameters: dict[str, Any],
+    again: tuple[Outcome, ...] = RETRIED,
+) -> None:
+    """The stage's databases as one batch run per host (max_parallel of them at a time within
+    it), polled until each database has an outcome. A database whose run crashed, or whose batch
+    ended before it did (killed, crashed), goes into a new batch once; a second time it failed.
+
+    A resumed parent adopts the batches still going, and polls alone the database runs a dead
+    batch left running until the zombie automation ends them (as it does a run of its own)."""
+    todo = [k for k in keys if children[k].outcome in (*again, "pending") and not _active(children[k])]
+    adopted, started = adopt_batches(plan, keys)
+    batches = {b.host: b for b in adopted}
+    covered = {k for b in adopted for k in b.keys}
+    todo = [k for k in todo if k not in covered]
+    orphans = [k for k in keys if _active(children[k]) and k not in covered]
+    retried: set[str] = set()
+
+    def settle(key: str, why: str) -> None:
+        """A database left without an outcome, or crashed: once more, else failed."""
+        child = children[key]
+        if child.outcome not in ("pending", "running", "crashed"):
+            return
+        if key in retried:
+            child.outcome, child.error = "failed", child.error or "crashed twice"
+            return
+        retried.add(key)
+        child.outcome, child.error = "crashed", child.error or why
+        todo.append(key)
+
+    while True:
+        for host in sorted({children[k].target.host for k in todo} - set(batches)):
+            mine = [k for k in todo if children[k].target.host == host]
+            number = started[host]
+            batches[host] = start_batch(plan, children, host, mine, limits, deployment, parameters, number)
+            started[host] += 1
+            todo = [k for k in todo if k not in mine]
+        for host, batch in list(batches.items()):
+            ended = refresh_batch(children, batch)
+            if not ended and _batch_waiting(batch) and time.time() - batch.started > limits.pending_timeout_s:
+                _cancel_batch(batch, children)
+                ended = True
+            if ended:
+                del batches[host]
+                _crash_left_running(batch, children)
+                for key in batch.keys:
+                    settle(key, f"its batch run {batch.run.id} ended before it did")
+        if orphans:
+            with get_client(sync_client=True) as client:
+                for key in list(orphans):
+                    child = children[key]
+                    assert child.run is not None
+                    _refresh(child, _api(client.read_flow_run, child.run.id))
+                    if not _active(child):
+                        orphans.remove(key)
+                        settle(key, "its run crashed")
+        board.publish()
+        if not todo and not batches and not orphans:
+            return
+        time.sleep(POLL_S)
+
+
+def start_batch(
+    plan: Plan,
+    children: dict[str, Child],
+    host: str,
+    keys: list[str],
+    limits: Limits,
+    deployment: str,
+    parameters: dict[str, Any],
+    number: int,
+) -> Batch:
+    """The host's batch run `number` of this fleet, on its queue, for these databases; the key
+    makes a second one impossible (a request retried after a lost answer gets the same run)."""
+    from prefect.deployments import run_deployment
+
+    run: FlowRun = _api(  # type: ignore[assignment]  # sync call: a FlowRun
+        run_deployment,
+        deployment,
+        parameters={
+            "fleet_id": plan.fleet_id,
+            "host": host,
+            "databases": {k: children[k].target.path for k in keys},
+            "parameters": {**parameters, "migrations_dir": plan.migrations_dir},
+            "max_parallel": limits.running_per_host,
+        },
+        work_queue_name=children[keys[0]].target.queue,
+        idempotency_key=f"{plan.fleet_id}:batch:{host}:{number}",
+        tags=batch_tags(plan.fleet_id, host),
+        timeout=0,
+        as_subflow=True,
+    )
+    for key in keys:
+        child = children[key]
+        child.outcome, child.seconds, child.error = "pending", None, ""
+    return Batch(host, list(keys), run, time.time())
+
+
+def refresh_batch(children: dict[str, Child], batch: Batch) -> bool:
+    """Read the batch run and, every BATCH_POLL_S and when it ends, its database runs; True
+    when the batch run has ended (its databases' outcomes are then as final as they get)."""
+    with get_client(sync_client=True) as client:
+        batch.run = _api(client.read_flow_run, batch.run.id)
+        ended = batch.run.state is not None and batch.run.state.is_final()
+        if not ended and time.time() - batch.polled < BATCH_POLL_S:
+            return False
+        batch.polled = time.time()
+        by_tag = {database_tag(k): children[k] for k in batch.keys}
+        offset = 0
+        while True:  # the API pages at 200
+            runs = _api(
+                client.read_flow_runs,
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[batch.run.id])
+                ),
+                limit=200,
+                offset=offset,
+            )
+            for run in runs:
+                child = next((by_tag[t] for t in run.tags if t in by_tag), None)
+                if child is not None:
+                    if child.run is None or child.run.id != run.id:
+                        child.attempts += 1
+                    _refresh(child, run)
+            if len(runs) < 200:
+                break
+            offset += 200
+    if ended and batch.run.state is not None and not batch.run.state.is_completed():
+        why = batch.run.state.message or batch.run.state.name or ""
+        for child in (children[k] for k in batch.keys):
+            if child.outcome in ("pending", "running"):
+                child.error = f"its batch run {batch.run.id} is {batch.run.state.name}: {why}"[:300]
+    return ended
+
+
+def adopt_batches(plan: Plan, keys: list[str]) -> tuple[list[Batch], Counter[str]]:
+    """The batch runs of this fleet not yet ended that hold some of these keys (a parent killed
+    and resumed waits for them instead of starting their databases again), and how many batch
+    runs each host had in all (the next one's number)."""
+    found: dict[str, Batch] = {}
+    count: Counter[str] = Counter()
+    wanted = set(keys)
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:  # the API pages at 200
+            runs = _api(
+                client.read_flow_runs,
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"fleet-{plan.fleet_id}-batch"])),
+                limit=200,
+                offset=offset,
+            )
+            for run in runs:
+                host = str(run.parameters.get("host", ""))
+                count[host] += 1
+                mine = [k for k in run.parameters.get("databases", {}) if k in wanted]
+                if mine and host not in found and run.state is not None and not run.state.is_final():
+                    started = run.created.timestamp() if run.created else time.time()
+                    found[host] = Batch(host, mine, run, started)
+            if len(runs) < 200:
+                break
+            offset += 200
+    return list(found.values()), count
+
+
+def _crash_left_running(batch: Batch, children: dict[str, Child]) -> None:
+    """A database run its ended batch left Running or Pending died with the batch's process (a
+    killed worker): marked Crashed, so the record says so before its database runs again."""
+    with get_client(sync_client=True) as client:
+        for child in (children[k] for k in batch.keys):
+            if child.run is None or child.outcome not in ("pending", "running"):
+                continue
+            state = batch.run.state.name if batch.run.state else "gone"
+            _api(
+                client.set_flow_run_state,
+                child.run.id,
+                Crashed(message=f"its batch run {batch.run.id} ended ({state}) before it did"),
+                force=True,
+            )
+            child.outcome = "crashed"
+
+
+def _batch_waiting(batch: Batch) -> bool:
+    state = batch.run.state
+    return state is not None and state.type.value in ("SCHEDULED", "PENDING")
+
+
+def _cancel_batch(batch: Batch, children: dict[str, Child]) -> None:
+    """A batch still waiting for a worker at the timeout: cancelled, its databases unreached."""
+    with get_client(sync_client=True) as client:
+        _api(
+            client.set_flow_run_state,
+            batch.run.id,
+            Cancelled(message="not started before the fleet's timeout"),
+        )
+    for child in (children[k] for k in batch.keys):
+        if child.outcome == "pending":
+            child.outcome = "unreached"
+            child.error = "cancelled: its batch still waited for a worker at the timeout"
 
 
 def not_started(child: Child) -> bool:

@@ -93,10 +93,10 @@ def migrate_database(
 ) -> RunReport:
     """Validate, back up, migrate, verify indexes, check integrity, check plans; roll back on failure."""
     cfg = RunConfig.from_parameters(locals())
+    tag_run(cfg.database)  # first: a fleet finds the run of a database by its tags, refused or not
     guard.check_host(cfg.expected_host)  # a fleet run routed to the wrong worker opens nothing
     if is_deployment_run():  # before anything, even a report, is written
         guard.check_deployment_paths(cfg)
-    tag_run(cfg.database)
     report = RunReport(database=str(cfg.database), flow_run_id=str(flow_run.id) if flow_run.id else None)
     try:
         _pipeline(cfg, report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -30,13 +31,23 @@ from liteshift.tasks.rollback import Rollback
 _poster: ThreadPoolExecutor | None = None
 
 
+# Tags for the next run that tags itself, and only that one: a fleet's batch sets its database's
+# tags here for the migrate-database subflow it starts. Prefect's tags() context would tag every
+# subflow of that run as well (its rollback), which the fleet would take for the database's run.
+RUN_TAGS: ContextVar[tuple[str, ...]] = ContextVar("liteshift_run_tags", default=())
+
+
 def tag_run(database: Path) -> None:
-    """Tag the flow run with the database's key so the UI can filter runs by database."""
+    """Tag the flow run with the database's key so the UI can filter runs by database (and with
+    RUN_TAGS, which it then empties)."""
     if not flow_run.id:
         return
+    extra = RUN_TAGS.get()
+    RUN_TAGS.set(())
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(str(flow_run.id)))
-        client.update_flow_run(run.id, tags=sorted({*run.tags, "liteshift", f"db-{db_key(database)}"}))
+        tags = {*run.tags, "liteshift", f"db-{db_key(database)}", *extra}
+        client.update_flow_run(run.id, tags=sorted(tags))
 
 
 def progress(database: Path, what: str) -> Progress | None:

@@ -21,6 +21,7 @@ from liteshift.core.window import WindowInvalid, enforce_window
 from liteshift.flows.archive import archive_rows
 from liteshift.flows.concurrency import GRACE_S, POLL_S, limit_name, orphan_grace_s, slot_orphaned
 from liteshift.flows.fleet import inventory_host, migrate_fleet
+from liteshift.flows.fleet_batch import migrate_host_batch
 from liteshift.flows.health import check_database_health
 from liteshift.flows.maintenance import maintain_database
 from liteshift.flows.migrate import migrate_database
@@ -81,6 +82,7 @@ def test_prefect_yaml_declares_the_deployments():
         "repair",
         "phase-3",
         "fleet",
+        "wave",
         "host",
         "rollout",
     }
@@ -103,6 +105,7 @@ def test_prefect_yaml_entrypoints_name_the_flows():
         "liteshift.flows.archive:archive_rows": archive_rows,
         "liteshift.flows.fleet:migrate_fleet": migrate_fleet,
         "liteshift.flows.fleet:inventory_host": inventory_host,
+        "liteshift.flows.fleet_batch:migrate_host_batch": migrate_host_batch,
     }
     for dep in deps.values():
         flow = load_flow_from_entrypoint(dep["entrypoint"])
@@ -118,6 +121,7 @@ def _required(name: str) -> dict[str, object]:
         "repair": {"database": "x.db", "action": "analyze"},
         "fleet": {"database": "x.db"},
         "host": {"host": "a", "patterns": ["/srv/*.db"], "fleet_id": "f"},
+        "wave": {"fleet_id": "f", "host": "a", "databases": {"a:/x.db": "/x.db"}, "parameters": {}},
         "rollout": {"manifest": "fleet.toml", "fleet_id": "f"},
     }.get(name, {})
 

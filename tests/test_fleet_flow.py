@@ -76,7 +76,7 @@ def _adopted(fleet_id: str, state: State) -> fleet_flow.Child:
     plan = rollout.make_plan(fleet_id, [target], canary=0)
     with get_client(sync_client=True) as client:
         client.create_flow_run(
-            _stand_in, tags=[f"fleet-{fleet_id}", fleet_flow._tag(target.key)], state=state
+            _stand_in, tags=[f"fleet-{fleet_id}", fleet_flow.database_tag(target.key)], state=state
         )
     return fleet_flow.adopt(plan)[target.key]
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from liteshift.core.config import FlowParams
 
 CHILD_DEPLOYMENT = "migrate-database/fleet"
+BATCH_DEPLOYMENT = "migrate-host-batch/wave"
 
 
 class FleetConfig(FlowParams):
@@ -45,7 +46,17 @@ class FleetConfig(FlowParams):
     plan_dir: Path | None = Field(
         None, description="Where fleet-ID.json goes; default: the report directory."
     )
-    deployment: str = Field(CHILD_DEPLOYMENT, description="The deployment each database runs as.")
+    dispatch: Literal["batch", "per-database"] = Field(
+        "batch",
+        description="batch: one run per host and stage, each database a task of it; "
+        "per-database: one run per database (the cost of a worker's process each).",
+    )
+    deployment: str = Field(
+        CHILD_DEPLOYMENT, description="The deployment each database runs as, with --dispatch per-database."
+    )
+    batch_deployment: str = Field(
+        BATCH_DEPLOYMENT, description="The deployment each host's batch runs as, with --dispatch batch."
+    )
     parameters: dict[str, Any] | None = Field(
         None, description="migrate-database parameters for every database; NAME=VALUE with --param."
     )

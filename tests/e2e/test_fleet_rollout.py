@@ -141,6 +141,18 @@ def children(stack: Stack, fleet_id: str) -> list[dict[str, Any]]:
     return [run for run in runs if run["name"] != f"fleet-{fleet_id}"]
 
 
+def batches(stack: Stack, fleet_id: str) -> list[dict[str, Any]]:
+    """The fleet's migrate-host-batch runs (one per host and stage, more after a crash)."""
+    return list(
+        api(
+            stack,
+            "POST",
+            "/flow_runs/filter",
+            {"flow_runs": {"tags": {"all_": [f"fleet-{fleet_id}-batch"]}}, "limit": 200},
+        )
+    )
+
+
 def _counts(out: str | bytes) -> dict[str, int]:
     """The counts `fleet run --json` prints (stdout), wherever the error line (stderr) fell."""
     text = out.decode() if isinstance(out, bytes) else out
@@ -166,9 +178,30 @@ def test_every_database_is_migrated_by_exactly_one_run_and_a_rerun_is_a_noop(
     assert len(dbs) == 6 and all(_has_index(db) for db in dbs)
     runs = _per_database(children(stack, "all-good"))
     assert {k: v for k, v in runs.items()} == {str(db): ["COMPLETED"] for db in dbs}
+    # One batch run per host and stage: the canary's host, then the two waves' hosts.
+    found = batches(stack, "all-good")
+    assert all(run["state_type"] == "COMPLETED" for run in found)
+    assert sum(len(run["parameters"]["databases"]) for run in found) == 6 and len(found) <= 7
+    assert all(r["deployment_id"] is None for r in children(stack, "all-good"))  # tasks of a batch
     code, out = fleet(stack, manifest, "all-good", "--json")
     assert code == 0, out
     assert len(children(stack, "all-good")) == 6  # nothing started again
+    assert len(batches(stack, "all-good")) == len(found)
+
+
+def test_the_per_database_dispatch_runs_each_database_as_a_run_of_its_own(
+    stack: Stack, workdir: Path
+) -> None:
+    manifest = _manifest(workdir, "per-database", per_host=1)
+    code, out = fleet(stack, manifest, "per-database", "--dispatch", "per-database", "--json")
+    assert code == 0, out
+    assert _counts(out) == {"completed": 3}
+    runs = children(stack, "per-database")
+    assert sorted(r["parameters"]["database"] for r in runs) == sorted(
+        str(db) for db in (workdir / "per-database").rglob("*.db")
+    )
+    assert all(r["parent_task_run_id"] is not None and r["deployment_id"] for r in runs)
+    assert batches(stack, "per-database") == []
 
 
 def test_a_failing_canary_halts_the_fleet_and_is_rolled_back(stack: Stack, workdir: Path) -> None:
@@ -292,9 +325,9 @@ def test_a_run_that_reaches_the_wrong_host_is_refused(stack: Stack, workdir: Pat
 
 
 def test_the_parent_killed_after_a_wave_resumes_without_a_second_run(stack: Stack, workdir: Path) -> None:
-    """Killed after the canary with one of host c's runs still waiting for a worker (c's worker is
-    stopped with SIGSTOP meanwhile): the resume adopts that run, waits for it instead of cancelling
-    it, and starts only what is missing."""
+    """Killed after the canary with host c's batch run still waiting for a worker (c's worker is
+    stopped with SIGSTOP meanwhile): the resume adopts that batch, waits for it instead of starting
+    its databases again, and starts only what is missing."""
     manifest = _manifest(workdir, "killed", per_host=3)
     proc = fleet(stack, manifest, "killed", "--canary", "1", "--waves", "30%,100%", wait=False)
     plan_file = workdir / "plans" / "fleet-killed.json"
@@ -312,10 +345,12 @@ def test_the_parent_killed_after_a_wave_resumes_without_a_second_run(stack: Stac
     )
     os.kill(worker_c, signal.SIGSTOP)
     try:
-        until(
-            "a run of host c waiting",
-            lambda runs: any("host-c" in r["tags"] and r["state_type"] == "SCHEDULED" for r in runs),
-        )
+        deadline = time.monotonic() + 300
+        while not any(
+            "host-c" in r["tags"] and r["state_type"] == "SCHEDULED" for r in batches(stack, "killed")
+        ):
+            assert time.monotonic() < deadline, "never saw a batch of host c waiting"
+            time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -325,15 +360,17 @@ def test_the_parent_killed_after_a_wave_resumes_without_a_second_run(stack: Stac
     assert _counts(out) == {"completed": 9}
     runs = _per_database(children(stack, "killed"))
     assert len(runs) == 9 and all(states == ["COMPLETED"] for states in runs.values()), runs
+    waited = [r for r in batches(stack, "killed") if "host-c" in r["tags"]]
+    assert all(r["state_type"] == "COMPLETED" for r in waited), waited  # adopted, none cancelled
 
 
 def test_a_worker_killed_mid_wave_loses_nothing_and_a_resume_completes_the_fleet(
     stack: Stack, workdir: Path
 ) -> None:
-    """SIGKILL host b's worker (and the flow runs it started) while one of its runs is going: the
-    zombie automation (its window shortened here) marks that run Crashed and the fleet retries it
-    once on b's queue, where a new worker finishes it. A run the dead worker had taken but not
-    started stays Pending: cancelled at --pending-timeout (unreached), then run by the resume."""
+    """SIGKILL host b's worker (and the batch run it started) while one of its databases is being
+    migrated: the zombie automation (its window shortened here) marks the batch Crashed, the fleet
+    marks the database run it left Running Crashed too and hands b's unfinished databases to a new
+    batch once, on b's queue, where a new worker finishes them. Each database is migrated once."""
     fast = workdir / "zombie-fast.yaml"
     spec = (
         (ROOT / "deployments/automations/zombie-runs.yaml").read_text().replace("within: 600", "within: 45")
