@@ -11,7 +11,9 @@ One stack (deployments/stack.py: PostgreSQL, the Prefect server, the deployments
 automation; worker poll interval 5 s, as `make up`) on a free loopback port, then:
   A  three hosts h1/h2/h3 (a directory each, 67/67/66 databases; one process worker per host
      queue, LITESHIFT_HOST_ID=h1..h3): `liteshift fleet run --manifest M --fleet-id ID
-     --canary 1 --waves 100% --migrations DIR --param bench_budget_s=0 --param bench_min_runs=3`;
+     --canary 1 --waves 100% --migrations DIR --param bench_budget_s=0 --param bench_min_runs=3`
+     (batches: a migrate-host-batch run per host and stage);
+  P  the same over fresh copies with --dispatch per-database (a deployment run per database);
   B  the same with one host holding all the databases (fresh copies), one worker;
   C  no worker: a plain loop of `liteshift run --database DB --migrations DIR` against the same
      server (PREFECT_API_URL set), one database after the other, until --serial-budget-s passed;
@@ -423,13 +425,15 @@ def wait_or_abort(proc: subprocess.Popen[bytes], meter: Meter, stack: Stack, tim
     return None
 
 
-def run_fleet(stack: Stack, name: str, manifest: Path, work: Path, dbs: list[Path], args: Any) -> dict:
+def run_fleet(
+    stack: Stack, name: str, manifest: Path, work: Path, dbs: list[Path], args: Any, *extra: str
+) -> dict:
     """`liteshift fleet run` over the manifest; the children from the API; the databases checked."""
     fleet_id = f"bench-{name.lower()}-{datetime.now(UTC):%H%M%S}"
     reports = work / "reports" / name
     cmd = [LITESHIFT, "fleet", "run", "--manifest", str(manifest), "--fleet-id", fleet_id]
     cmd += ["--canary", "1", "--waves", "100%", "--migrations", str(work / "mig")]
-    cmd += ["--plan-dir", str(work / "plans"), *child_params(reports), "--json"]
+    cmd += ["--plan-dir", str(work / "plans"), *child_params(reports), *extra, "--json"]
     log = args.out / f"cli-{name}.log"
     print(f"[{name}] {len(dbs)} databases: {' '.join(cmd)}", flush=True)
     snapshot(args.out, f"{name}-start")
@@ -605,10 +609,12 @@ def prepare(work: Path, n: int) -> dict[str, Any]:
     a_dirs = {h: work / "A" / h for h in HOSTS}
     return {
         "A": spread(t, list(a_dirs.values()), n),
+        "P": spread(t, [work / "P" / h for h in HOSTS], n),
         "B": spread(t, [work / "B" / "solo"], n),
         "C": spread(t, [work / "C"], n),
         "E": spread(t, [work / "E"], n),
         "manifest_A": write_manifest(work / "fleet-A.toml", {h: d for h, d in a_dirs.items()}),
+        "manifest_P": write_manifest(work / "fleet-P.toml", {h: work / "P" / h for h in HOSTS}),
         "manifest_B": write_manifest(work / "fleet-B.toml", {"solo": work / "B" / "solo"}),
     }
 
@@ -629,6 +635,10 @@ def run_all(work: Path, args: Any, results: dict[str, Any]) -> None:
         save(args.out, results)
         if "A" in args.configs:
             results["A"] = run_fleet(stack, "A", dbs["manifest_A"], work, dbs["A"], args)
+            save(args.out, results)
+        if "P" in args.configs:
+            extra = ("--dispatch", "per-database")
+            results["P"] = run_fleet(stack, "P", dbs["manifest_P"], work, dbs["P"], args, *extra)
             save(args.out, results)
         if "B" in args.configs:
             switch_to_one_host(stack)
@@ -660,7 +670,7 @@ def main() -> int:
     p.add_argument("--fleet-timeout-s", type=float, default=840.0)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "fleet")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--configs", default="A,B,C", help="which of A, B, C to run (E: --embedded)")
+    p.add_argument("--configs", default="A,P,B,C", help="which of A, P, B, C to run (E: --embedded)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -198,6 +199,14 @@ def remove_db(path: Path) -> None:
         p = Path(str(path) + suffix)
         if p.exists():
             p.unlink()
+
+
+def keep_failed(db: Path, tag: str) -> None:
+    """Move a failed run's database (and its -wal, -shm) aside as failed-TAG.db for a look."""
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(db) + suffix)
+        if src.exists():
+            os.replace(src, db.with_name(f"failed-{tag}.db{suffix}"))
 
 
 def worklogs_indexes(con: sqlite3.Connection) -> list[str]:
@@ -626,13 +635,14 @@ def one_run(
         report_dir=work / "reports",
         revert_window_h=0,
     )
-    error = None
+    error, trace = None, None
     with DropOldTimer() as dropped, throttle_variant(mode):
         t0 = time.perf_counter()
         try:
             applied = apply_migrations(cfg)
         except Exception as exc:  # reported, not hidden: the run is recorded as failed
             applied, error = None, f"{type(exc).__name__}: {exc}"
+            trace = traceback.format_exc()
         t1 = time.perf_counter()
     time.sleep(1.0)
     stop.set()
@@ -661,6 +671,7 @@ def one_run(
         "mode": mode,
         "tag": tag,
         "error": error,
+        "traceback": trace,
         "copy_template_seconds": copy_s,
         "load_before": load_before,
         "load_after": load_after,
@@ -1113,6 +1124,8 @@ def main() -> None:
                 entry["runs"].append(r)
                 if r.get("error") is None and mode != "blocking" and not entry["fk_check_seconds"]:
                     entry["fk_check_seconds"] = time_fk_check(work / "run.db")
+                if r.get("error") or not r.get("check", {}).get("all_ok"):
+                    keep_failed(work / "run.db", tag)  # evidence, not deleted
                 remove_db(work / "run.db")
                 save()
                 mig = r.get("migration", {})
