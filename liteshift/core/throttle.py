@@ -44,7 +44,7 @@ class Throttle:
     # In writing(): liteshift checkpoints after each of its COMMITs, outside the lock-hold it
     # measures, instead of SQLite inside them (core.db.own_checkpoints). Off: at 1M rows beside a
     # 250 commits/s writer it made the online rebuild 36 % faster (median of 3: 96.8 s against
-    # 152.3 s) but the WAL stopped restarting for long stretches, 243-407 MB at its peak against
+    # 152.3 s) but the WAL stopped restarting for long stretches, 243-334 MB at its peak against
     # 40-54 MB (bench/RESULTS-rebuild.md, "Checkpoints and the pause"); why is not understood yet.
     own_checkpoints: bool = False
 
