@@ -153,3 +153,30 @@ class WriterProcess:
         if self.proc.returncode != 0 or not self.done.exists():
             return None
         return dict(json.loads(self.done.read_text("utf-8")))
+
+
+# The fleet's tests: tiny databases and a UNIQUE index that fails on the duplicates of some.
+FLEET_MIGRATIONS = Path(__file__).resolve().parent / "fixtures" / "unique_over_duplicates"
+FLEET_INDEX = "idx_worklogs_author_unique"
+
+
+def fleet_db(path: Path, duplicates: bool = False) -> Path:
+    """20 worklogs; with duplicates, e-mails repeat (migration FLEET_MIGRATIONS then fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("CREATE TABLE worklogs (id INTEGER PRIMARY KEY, author_email TEXT)")
+    emails = [f"user{i % 5 if duplicates else i}@example.com" for i in range(20)]
+    con.executemany("INSERT INTO worklogs (author_email) VALUES (?)", [(e,) for e in emails])
+    con.close()
+    return path
+
+
+def has_fleet_index(path: Path) -> bool:
+    """The database has FLEET_INDEX."""
+    con = sqlite3.connect(path)
+    try:
+        found = con.execute("SELECT count(*) FROM sqlite_schema WHERE name = ?", (FLEET_INDEX,)).fetchone()
+        return bool(found[0] == 1)
+    finally:
+        con.close()

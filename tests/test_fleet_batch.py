@@ -4,14 +4,13 @@ an earlier one completed."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import user_snapshot
+from helpers import FLEET_MIGRATIONS, fleet_db, has_fleet_index, user_snapshot
 from prefect import flow, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
@@ -21,27 +20,8 @@ from liteshift.flows.fleet_batch import database_tag, migrate_host_batch
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-MIGRATIONS = Path(__file__).resolve().parent / "fixtures" / "unique_over_duplicates"
-INDEX = "idx_worklogs_author_unique"
+MIGRATIONS = FLEET_MIGRATIONS
 PARAMETERS = {"migrations_dir": str(MIGRATIONS), "retries": 0, "bench_budget_s": 0}
-
-
-def _db(path: Path, duplicates: bool = False) -> Path:
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode = WAL")
-    con.execute("CREATE TABLE worklogs (id INTEGER PRIMARY KEY, author_email TEXT)")
-    emails = [f"user{i % 5 if duplicates else i}@example.com" for i in range(20)]
-    con.executemany("INSERT INTO worklogs (author_email) VALUES (?)", [(e,) for e in emails])
-    con.close()
-    return path
-
-
-def _has_index(path: Path) -> bool:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute("SELECT count(*) FROM sqlite_schema WHERE name = ?", (INDEX,)).fetchone()[0] == 1
-    finally:
-        con.close()
 
 
 def _runs(fleet_id: str) -> dict[str, list[str]]:
@@ -60,8 +40,8 @@ def _runs(fleet_id: str) -> dict[str, list[str]]:
 def test_a_batch_migrates_each_database_in_its_own_tagged_run_and_one_failure_stays_its_own(
     tmp_path: Path,
 ) -> None:
-    good = [_db(tmp_path / f"{i}.db") for i in range(3)]
-    bad = _db(tmp_path / "dup.db", duplicates=True)
+    good = [fleet_db(tmp_path / f"{i}.db") for i in range(3)]
+    bad = fleet_db(tmp_path / "dup.db", duplicates=True)
     before = user_snapshot(bad)
     here = host_id()
     databases = {f"{here}:{p}": str(p) for p in [*good, bad]}
@@ -70,7 +50,7 @@ def test_a_batch_migrates_each_database_in_its_own_tagged_run_and_one_failure_st
         **{f"{here}:{p}": "completed" for p in good},
         f"{here}:{bad}": "failed",  # the UNIQUE index over duplicates fails in its transaction
     }
-    assert all(_has_index(p) for p in good) and not _has_index(bad)
+    assert all(has_fleet_index(p) for p in good) and not has_fleet_index(bad)
     assert user_snapshot(bad) == before
     assert _runs("batch-one") == {
         **{str(p): ["COMPLETED"] for p in good},
@@ -87,9 +67,9 @@ def test_a_batch_migrates_each_database_in_its_own_tagged_run_and_one_failure_st
 
 def test_a_batch_started_again_skips_the_databases_an_earlier_run_completed(tmp_path: Path) -> None:
     here = host_id()
-    first = {f"{here}:{p}": str(p) for p in (_db(tmp_path / f"{i}.db") for i in range(2))}
+    first = {f"{here}:{p}": str(p) for p in (fleet_db(tmp_path / f"{i}.db") for i in range(2))}
     assert set(migrate_host_batch("batch-again", here, first, PARAMETERS).values()) == {"completed"}
-    later = _db(tmp_path / "later.db")
+    later = fleet_db(tmp_path / "later.db")
     both = {**first, f"{here}:{later}": str(later)}
     assert migrate_host_batch("batch-again", here, both, PARAMETERS) == dict.fromkeys(both, "completed")
     runs = _runs("batch-again")
@@ -97,11 +77,11 @@ def test_a_batch_started_again_skips_the_databases_an_earlier_run_completed(tmp_
 
 
 def test_a_batch_on_the_wrong_host_opens_none_of_its_databases(tmp_path: Path) -> None:
-    db = _db(tmp_path / "0.db")
+    db = fleet_db(tmp_path / "0.db")
     before = user_snapshot(db)
     outcomes = migrate_host_batch("batch-wrong", "elsewhere", {f"elsewhere:{db}": str(db)}, PARAMETERS)
     assert outcomes == {f"elsewhere:{db}": "refused"}
-    assert user_snapshot(db) == before and not _has_index(db)
+    assert user_snapshot(db) == before and not has_fleet_index(db)
     assert not list(tmp_path.glob("*backup*"))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import FLEET_MIGRATIONS, fleet_db, has_fleet_index
 from rest import api
 from stack import ROOT, Stack, create_queues, down, install_automation, start, start_workers, stop, up
 
@@ -27,27 +27,7 @@ from liteshift.flows.runtime import free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.fleet]
 
 HOSTS = ("a", "b", "c")
-MIGRATIONS = ROOT / "tests" / "fixtures" / "unique_over_duplicates"
-INDEX = "idx_worklogs_author_unique"
-
-
-def _db(path: Path, duplicates: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA journal_mode = WAL")
-    con.execute("CREATE TABLE worklogs (id INTEGER PRIMARY KEY, author_email TEXT)")
-    emails = [f"user{i % 5 if duplicates else i}@example.com" for i in range(20)]
-    con.executemany("INSERT INTO worklogs (author_email) VALUES (?)", [(e,) for e in emails])
-    con.close()
-    return path
-
-
-def _has_index(path: Path) -> bool:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute("SELECT count(*) FROM sqlite_schema WHERE name = ?", (INDEX,)).fetchone()[0] == 1
-    finally:
-        con.close()
+MIGRATIONS = FLEET_MIGRATIONS
 
 
 def _manifest(root: Path, scenario: str, per_host: int = 2, bad: tuple[str, ...] = ()) -> Path:
@@ -55,7 +35,7 @@ def _manifest(root: Path, scenario: str, per_host: int = 2, bad: tuple[str, ...]
     host/NNN databases made with duplicates."""
     for host in HOSTS:
         for i in range(per_host):
-            _db(root / scenario / host / f"{i:03d}.db", duplicates=f"{host}/{i:03d}" in bad)
+            fleet_db(root / scenario / host / f"{i:03d}.db", duplicates=f"{host}/{i:03d}" in bad)
     text = f'migrations = "{MIGRATIONS}"\n' + "".join(
         f'[hosts.{h}]\npaths = ["{root / scenario / h}/*.db"]\n' for h in HOSTS
     )
@@ -175,7 +155,7 @@ def test_every_database_is_migrated_by_exactly_one_run_and_a_rerun_is_a_noop(
     assert code == 0, out
     assert _counts(out) == {"completed": 6}
     dbs = sorted((workdir / "all-good").rglob("*.db"))
-    assert len(dbs) == 6 and all(_has_index(db) for db in dbs)
+    assert len(dbs) == 6 and all(has_fleet_index(db) for db in dbs)
     runs = _per_database(children(stack, "all-good"))
     assert {k: v for k, v in runs.items()} == {str(db): ["COMPLETED"] for db in dbs}
     # One batch run per host and stage: the canary's host, then the two waves' hosts.
@@ -214,7 +194,7 @@ def test_a_failing_canary_halts_the_fleet_and_is_rolled_back(stack: Stack, workd
     assert [(r["parameters"]["database"], r["state_type"]) for r in runs] == [
         (str(workdir / "bad-canary" / "a" / "000.db"), "FAILED")
     ]
-    assert not any(_has_index(db) for db in (workdir / "bad-canary").rglob("*.db"))
+    assert not any(has_fleet_index(db) for db in (workdir / "bad-canary").rglob("*.db"))
 
 
 def test_the_failure_threshold_stops_the_waves(stack: Stack, workdir: Path) -> None:
@@ -288,14 +268,14 @@ def test_refused_and_deferred_are_not_failures_a_resume_finishes_the_deferred_an
         "FAILED",
     ]
     assert runs[str(corrupt)] == ["FAILED"]  # refused once, not retried
-    assert _has_index(locked)
+    assert has_fleet_index(locked)
     corrupt.unlink()
-    _db(corrupt)  # a person put a good copy back
+    fleet_db(corrupt)  # a person put a good copy back
     code, out = fleet(stack, manifest, "mixed", "--retry-failed", "--json")
     assert code == 0, out
     assert _counts(out) == {"completed": 6}
     assert sorted(_per_database(children(stack, "mixed"))[str(corrupt)]) == ["COMPLETED", "FAILED"]
-    assert _has_index(corrupt)
+    assert has_fleet_index(corrupt)
 
 
 def test_a_run_that_reaches_the_wrong_host_is_refused(stack: Stack, workdir: Path) -> None:
@@ -305,7 +285,7 @@ def test_a_run_that_reaches_the_wrong_host_is_refused(stack: Stack, workdir: Pat
     start(stack, "worker-impostor", args, env={"LITESHIFT_HOST_ID": "e"})
     pidfile = stack.run_dir / "worker-impostor.pid"
     try:
-        _db(workdir / "wrong" / "d" / "000.db")
+        fleet_db(workdir / "wrong" / "d" / "000.db")
         manifest = workdir / "wrong.toml"
         manifest.write_text(f'migrations = "{MIGRATIONS}"\n[hosts.d]\npaths = ["{workdir}/wrong/d/*.db"]\n')
         deadline = time.monotonic() + 60
@@ -318,7 +298,7 @@ def test_a_run_that_reaches_the_wrong_host_is_refused(stack: Stack, workdir: Pat
         assert _counts(out) == {"refused": 1}
         [run] = children(stack, "wrong")
         assert "WrongHost: This run is for host 'd' but runs on" in run["state"]["message"]
-        assert not _has_index(workdir / "wrong" / "d" / "000.db")
+        assert not has_fleet_index(workdir / "wrong" / "d" / "000.db")
     finally:
         stop(stack, "worker-impostor")
         assert not pidfile.exists()
@@ -408,7 +388,7 @@ def test_a_worker_killed_mid_wave_loses_nothing_and_a_resume_completes_the_fleet
     runs = _per_database(children(stack, "worker-killed"))
     assert sorted(runs[victim["parameters"]["database"]]) == ["COMPLETED", "CRASHED"]
     assert all(states.count("COMPLETED") == 1 for states in runs.values()), runs
-    assert all(_has_index(db) for db in (workdir / "worker-killed").rglob("*.db"))
+    assert all(has_fleet_index(db) for db in (workdir / "worker-killed").rglob("*.db"))
 
 
 def test_approval_after_the_canary_pauses_the_fleet_until_a_person_answers(
@@ -438,7 +418,7 @@ def test_approval_after_the_canary_pauses_the_fleet_until_a_person_answers(
 
 
 def test_a_queue_without_a_live_worker_is_refused_before_anything_starts(stack: Stack, workdir: Path) -> None:
-    _db(workdir / "unserved" / "z" / "000.db")
+    fleet_db(workdir / "unserved" / "z" / "000.db")
     manifest = workdir / "unserved.toml"
     manifest.write_text(f'migrations = "{MIGRATIONS}"\n[hosts.z]\npaths = ["{workdir}/unserved/z/*.db"]\n')
     code, out = fleet(stack, manifest, "unserved")
@@ -452,7 +432,7 @@ def test_a_queue_without_a_live_worker_is_refused_before_anything_starts(stack: 
 
 def test_an_inventory_host_lists_its_own_databases_in_a_run_on_its_queue(stack: Stack, workdir: Path) -> None:
     for i in range(3):
-        _db(workdir / "inventoried" / "c" / f"{i:03d}.db")
+        fleet_db(workdir / "inventoried" / "c" / f"{i:03d}.db")
     manifest = workdir / "inventoried.toml"
     manifest.write_text(
         f'migrations = "{MIGRATIONS}"\n[hosts.c]\n'
