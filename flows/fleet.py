@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 from uuid import UUID
@@ -50,7 +51,7 @@ from liteshift.fleet.rollout import Plan, check_resume, make_plan, read_plan, re
 # that defines a member of the error family is imported by now (tests/test_fleet.py checks it).
 from liteshift.flows import concurrency  # noqa: F401
 from liteshift.flows.approval import ask_approval
-from liteshift.flows.fleet_batch import batch_tags, database_tag, run_tags
+from liteshift.flows.fleet_batch import all_runs, batch_tags, database_tag, run_tags
 from liteshift.tasks import dry_run, rollback  # noqa: F401
 
 INVENTORY_DEPLOYMENT = "fleet-inventory/host"
@@ -284,26 +285,15 @@ def adopt(plan: Plan) -> dict[str, Child]:
     """Every target with the newest existing child run of this fleet (found by tag), if any."""
     children = {t.key: Child(t, plan.wave_of(t.key)) for t in plan.targets}
     by_tag = {database_tag(k): c for k, c in children.items()}
+    mine = FlowRunFilter(tags=FlowRunFilterTags(all_=[f"fleet-{plan.fleet_id}"]))
     with get_client(sync_client=True) as client:
-        offset = 0
-        while True:  # the API pages at 200
-            runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"fleet-{plan.fleet_id}"])),
-                limit=200,
-                offset=offset,
-            )
-            for run in runs:
-                child = next((by_tag[t] for t in run.tags if t in by_tag), None)
-                if child is None:
-                    continue
-                child.attempts += 1
-                if child.run is None or (
-                    run.created and child.run.created and run.created > child.run.created
-                ):
-                    child.run = run
-            if len(runs) < 200:
-                break
-            offset += 200
+        for run in all_runs(client.read_flow_runs, mine):
+            child = next((by_tag[t] for t in run.tags if t in by_tag), None)
+            if child is None:
+                continue
+            child.attempts += 1
+            if child.run is None or (run.created and child.run.created and run.created > child.run.created):
+                child.run = run
     for child in children.values():
         if child.run is not None:
             # An adopted run has waited for a worker since it was created, not since 1970: a zero
@@ -536,25 +526,13 @@ def refresh_batch(children: dict[str, Child], batch: Batch) -> bool:
             return False
         batch.polled = time.time()
         by_tag = {database_tag(k): children[k] for k in batch.keys}
-        offset = 0
-        while True:  # the API pages at 200
-            runs = _api(
-                client.read_flow_runs,
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[batch.run.id])
-                ),
-                limit=200,
-                offset=offset,
-            )
-            for run in runs:
-                child = next((by_tag[t] for t in run.tags if t in by_tag), None)
-                if child is not None:
-                    if child.run is None or child.run.id != run.id:
-                        child.attempts += 1
-                    _refresh(child, run)
-            if len(runs) < 200:
-                break
-            offset += 200
+        inside = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[batch.run.id]))
+        for run in all_runs(partial(_api, client.read_flow_runs), inside):
+            child = next((by_tag[t] for t in run.tags if t in by_tag), None)
+            if child is not None:
+                if child.run is None or child.run.id != run.id:
+                    child.attempts += 1
+                _refresh(child, run)
     if ended and batch.run.state is not None and not batch.run.state.is_completed():
         why = batch.run.state.message or batch.run.state.name or ""
         for child in (children[k] for k in batch.keys):
@@ -570,25 +548,15 @@ def adopt_batches(plan: Plan, keys: list[str]) -> tuple[list[Batch], Counter[str
     found: dict[str, Batch] = {}
     count: Counter[str] = Counter()
     wanted = set(keys)
+    batches = FlowRunFilter(tags=FlowRunFilterTags(all_=[f"fleet-{plan.fleet_id}-batch"]))
     with get_client(sync_client=True) as client:
-        offset = 0
-        while True:  # the API pages at 200
-            runs = _api(
-                client.read_flow_runs,
-                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"fleet-{plan.fleet_id}-batch"])),
-                limit=200,
-                offset=offset,
-            )
-            for run in runs:
-                host = str(run.parameters.get("host", ""))
-                count[host] += 1
-                mine = [k for k in run.parameters.get("databases", {}) if k in wanted]
-                if mine and host not in found and run.state is not None and not run.state.is_final():
-                    started = run.created.timestamp() if run.created else time.time()
-                    found[host] = Batch(host, mine, run, started)
-            if len(runs) < 200:
-                break
-            offset += 200
+        for run in all_runs(partial(_api, client.read_flow_runs), batches):
+            host = str(run.parameters.get("host", ""))
+            count[host] += 1
+            mine = [k for k in run.parameters.get("databases", {}) if k in wanted]
+            if mine and host not in found and run.state is not None and not run.state.is_final():
+                started = run.created.timestamp() if run.created else time.time()
+                found[host] = Batch(host, mine, run, started)
     return list(found.values()), count
 
 

@@ -11,6 +11,7 @@ polls and a resume adopts as before.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prefect import flow, get_client, get_run_logger, task
@@ -20,7 +21,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -96,19 +97,21 @@ def migrate_host_batch(
 def completed_here(fleet_id: str, host: str, keys: list[str]) -> set[str]:
     """The keys among `keys` that have a completed migrate-database run in this fleet."""
     wanted = {database_tag(key): key for key in keys}
-    found: set[str] = set()
+    done = FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[f"fleet-{fleet_id}", f"host-{host}"]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
+    )
     with get_client(sync_client=True) as client:
-        offset = 0
-        while True:  # the API pages at 200
-            runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    tags=FlowRunFilterTags(all_=[f"fleet-{fleet_id}", f"host-{host}"]),
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])),
-                ),
-                limit=200,
-                offset=offset,
-            )
-            found |= {wanted[t] for run in runs for t in run.tags if t in wanted}
-            if len(runs) < 200:
-                return found
-            offset += 200
+        return {wanted[t] for run in all_runs(client.read_flow_runs, done) for t in run.tags if t in wanted}
+
+
+def all_runs(read: Callable[..., list[FlowRun]], flow_run_filter: FlowRunFilter) -> Iterator[FlowRun]:
+    """Every flow run the filter matches, read (a client's read_flow_runs, or one that retries it)
+    a page of 200, the API's most, at a time."""
+    offset = 0
+    while True:
+        runs = read(flow_run_filter=flow_run_filter, limit=200, offset=offset)
+        yield from runs
+        if len(runs) < 200:
+            return
+        offset += 200
